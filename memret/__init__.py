@@ -1,0 +1,13 @@
+"""memret: a memory you can search — dense indexes and exemplar memories for continual learning and retrieval.
+
+The core (this namespace) needs only numpy and faiss. Attached parts import
+their heavy dependencies lazily: ``memret.retrieval`` / ``memret.beir`` (transformers,
+pyserini), ``memret.encoders`` (timm), ``memret.incremental`` (avalanche-lib).
+"""
+
+from memret.index import DenseIndex, exact_search
+from memret.memory import ExemplarBank
+from memret.persist import CorruptSnapshotError
+
+__version__ = "0.1.0"
+__all__ = ["CorruptSnapshotError", "DenseIndex", "ExemplarBank", "exact_search", "__version__"]
