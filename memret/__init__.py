@@ -10,4 +10,13 @@ from memret.memory import ExemplarBank
 from memret.persist import CorruptSnapshotError
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # memret.incremental / memret.encoders / ... load on first use, so `import memret` stays light.
+    import importlib
+
+    if name in ("incremental", "encoders", "retrieval", "beir", "aggregator", "metrics", "memory", "index"):
+        return importlib.import_module(f"memret.{name}")
+    raise AttributeError(f"module 'memret' has no attribute {name!r}")
 __all__ = ["CorruptSnapshotError", "DenseIndex", "ExemplarBank", "exact_search", "__version__"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from memret.encoders.base import Encoder, load_weights, timm_model
 from memret.encoders.cnn import resnet18_encoder, resnet32_encoder
+from memret.encoders.kmeans import PatchKMeansEncoder
 from memret.encoders.vit import FlexiViT, flexivit_encoder, pi_resize_patch_embed, resize_pos_embed, vit_encoder
 from memret.registry import Registry
 
@@ -109,6 +110,13 @@ def resmlp_12_cifar(**kw) -> Encoder:
     return _resmlp(12, **{"img_size": 32, "patch_size": 4, **kw})
 
 
+# ============ unsupervised, no outside weights ============
+@ENCODERS.register
+def kmeans_patches(**kw) -> PatchKMeansEncoder:
+    """Coates-Ng k-means patch features; ``fit(images)`` before use (memret.incremental does)."""
+    return PatchKMeansEncoder(**kw)
+
+
 # ============ ResNets: the class-incremental baselines ============
 @ENCODERS.register
 def resnet18(**kw) -> Encoder:
@@ -135,5 +143,5 @@ def list() -> list[str]:  # noqa: A001  (the issue's public name: memret.encoder
     return ENCODERS.names()
 
 
-__all__ = ["ENCODERS", "Encoder", "FlexiViT", "create", "list", "load_weights", "pi_resize_patch_embed",
+__all__ = ["ENCODERS", "Encoder", "FlexiViT", "PatchKMeansEncoder", "create", "list", "load_weights", "pi_resize_patch_embed",
            "resize_pos_embed"]

@@ -1,0 +1,88 @@
+"""A single-layer unsupervised encoder: k-means over whitened patches (Coates, Lee & Ng, AISTATS 2011).
+
+It needs no outside weights and fits in seconds on a CPU, which makes it the
+frozen encoder of memret's CPU-only class-incremental runs: fit on the first
+task's images only, it never sees a later task's data. Per 6x6 patch (stride 1):
+brightness/contrast normalisation, ZCA whitening, the "triangle" activation
+``max(0, mean_k(z) - z_k)`` with ``z_k`` the distance to centroid k; sum-pooled
+over the four image quadrants, then standardised: ``embed_dim = 4 * n_centroids``.
+The k-means itself is FAISS's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchKMeansEncoder(nn.Module):
+    """Coates-Ng features; call :meth:`fit` once before use.
+
+    Args:
+        n_centroids: dictionary size K (embed_dim = 4K).
+        patch: patch side in pixels.
+        in_chans: image channels.
+        eps_norm, eps_zca: regularisers of the patch normalisation and the whitening.
+    """
+
+    def __init__(self, n_centroids: int = 400, patch: int = 6, in_chans: int = 3, eps_norm: float = 0.01,
+                 eps_zca: float = 0.1) -> None:
+        super().__init__()
+        p = patch * patch * in_chans
+        self.patch, self.n_centroids, self.eps_norm, self.eps_zca = patch, n_centroids, eps_norm, eps_zca
+        self.embed_dim = 4 * n_centroids
+        self.register_buffer("mean", torch.zeros(p))
+        self.register_buffer("whiten", torch.eye(p))
+        self.register_buffer("centroids", torch.zeros(n_centroids, p))
+        self.register_buffer("feat_mean", torch.zeros(self.embed_dim))
+        self.register_buffer("feat_std", torch.ones(self.embed_dim))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, P) contrast-normalised patches."""
+        p = F.unfold(x, self.patch).transpose(1, 2)  # (B, L, P)
+        p = p - p.mean(-1, keepdim=True)
+        return p / torch.sqrt(p.var(-1, keepdim=True) + self.eps_norm)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, n_patches: int = 100_000, seed: int = 0, niter: int = 20) -> "PatchKMeansEncoder":
+        """Fit whitening, centroids and feature standardisation on (N, C, H, W) images."""
+        import faiss
+
+        g = torch.Generator().manual_seed(seed)
+        per_img = max(1, n_patches // len(images))
+        pats = self._patches(images)  # (N, L, P)
+        pick = torch.randint(0, pats.shape[1], (len(images), per_img), generator=g)
+        sample = torch.gather(pats, 1, pick.unsqueeze(-1).expand(-1, -1, pats.shape[2])).reshape(-1, pats.shape[2])
+        self.mean.copy_(sample.mean(0))
+        cov = torch.cov((sample - self.mean).T)
+        evals, evecs = torch.linalg.eigh(cov)
+        self.whiten.copy_(evecs @ torch.diag(1.0 / torch.sqrt(evals.clamp(min=0) + self.eps_zca)) @ evecs.T)
+        white = ((sample - self.mean) @ self.whiten).numpy().astype(np.float32)
+        km = faiss.Kmeans(white.shape[1], self.n_centroids, niter=niter, seed=seed, verbose=False)
+        km.train(white)
+        self.centroids.copy_(torch.from_numpy(km.centroids))
+        self.fitted.fill_(True)
+        feats = torch.cat([self._pooled(images[i:i + 256]) for i in range(0, len(images), 256)])
+        self.feat_mean.copy_(feats.mean(0))
+        self.feat_std.copy_(feats.std(0).clamp(min=1e-3))
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, K) triangle activations, one token per patch position."""
+        if not bool(self.fitted):
+            raise RuntimeError("PatchKMeansEncoder is not fitted: call fit(images) first")
+        w = (self._patches(x) - self.mean) @ self.whiten  # (B, L, P)
+        z = torch.cdist(w, self.centroids.unsqueeze(0).expand(w.shape[0], -1, -1))  # (B, L, K)
+        return torch.relu(z.mean(-1, keepdim=True) - z)
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.forward_features(x)  # (B, L, K)
+        side = int(round(f.shape[1] ** 0.5))
+        f = f.transpose(1, 2).reshape(x.shape[0], -1, side, side)
+        return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4K), quadrant pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._pooled(x) - self.feat_mean) / self.feat_std

@@ -1,0 +1,288 @@
+"""Class-incremental methods over encoder features, all driving one ExemplarBank.
+
+Each method sees the stream task by task through ``learn(task, X, y, rows)``
+(features, labels and dataset rows of the task's training data) and answers
+``scores(X) -> (N, n_classes)``; classes not seen yet are masked to -inf by the
+caller. State lives in the method object; training loops are plain functions.
+
+| method   | trains on                     | predicts with                                   |
+|----------|-------------------------------|-------------------------------------------------|
+| finetune | current task only             | linear classifier (lower bound)                 |
+| joint    | all data seen so far          | linear classifier (upper bound)                 |
+| replay   | current task + memory         | linear classifier                               |
+| icarl    | — (memory, herding)           | nearest class mean of the exemplars (iCaRL NCM) |
+| knn      | — (memory)                    | similarity-weighted vote of the k nearest       |
+| mtn      | current task + memory         | classifier logits + MTN over k retrieved        |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memret.aggregator import MemoryTransformerNetwork
+from memret.memory import ExemplarBank
+
+METHODS = ("finetune", "joint", "replay", "icarl", "knn", "mtn")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and method knobs shared by the trained methods."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    k: int = 10                 # neighbours for knn and mtn
+    knn_temperature: float = 0.07
+    mtn_layers: int = 2
+    mtn_heads: int = 4
+    mtn_width: int = 256
+    mtn_dropout: float = 0.0     # CPU dropout costs more than the rest of a small MTN step
+    balanced: bool = True       # MTN: class-balanced loss over current data + memory
+    fusion: str = "sum"         # "sum" | "mtn_only" | "classifier_only"
+
+
+def _generator(seed: int, *salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0]))
+
+
+def _seeded_init(module_fn, seed: int, *salt: int) -> nn.Module:
+    """Build a module with a private RNG: parameter init is reproducible and the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0]))
+        return module_fn()
+
+
+def train_epochs(model_step, n: int, cfg: TrainConfig, params, gen: torch.Generator) -> float:
+    """Plain minibatch loop: ``model_step(idx) -> loss`` on shuffled index batches; returns the last epoch's mean loss."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * max(1, -(-n // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    last = 0.0
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        for s in range(0, n, cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            loss = model_step(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, count = total + loss.detach().item() * len(idx), count + len(idx)
+        last = total / max(count, 1)
+    return last
+
+
+class Method:
+    """Common state: the bank, the seen classes, the config."""
+
+    name = "base"
+    uses_memory = True
+
+    def __init__(self, feat_dim: int, n_classes: int, bank: ExemplarBank, cfg: TrainConfig, seed: int) -> None:
+        self.feat_dim, self.n_classes, self.bank, self.cfg, self.seed = feat_dim, n_classes, bank, cfg, seed
+        self.seen: list[int] = []
+
+    def learn(self, task: int, X: np.ndarray, y: np.ndarray, rows: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"seen": list(self.seen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen = list(state["seen"])
+
+    def _remember(self, X, y, rows) -> None:
+        self.seen += [c for c in dict.fromkeys(y.tolist()) if c not in self.seen]
+        if self.uses_memory:
+            self.bank.update(X, y, refs=rows)
+
+
+class LinearMethod(Method):
+    """finetune / joint / replay: one linear classifier over the features, trained with cross-entropy."""
+
+    def __init__(self, *a, data: str, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.name, self.data = data, data
+        self.uses_memory = data == "replay"
+        self.clf = _seeded_init(lambda: nn.Linear(self.feat_dim, self.n_classes), self.seed, 1)
+        self._seen_X: list[np.ndarray] = []
+        self._seen_y: list[np.ndarray] = []
+
+    def _training_set(self, X, y, rows):
+        if self.data == "finetune":
+            return X, y
+        if self.data == "joint":
+            self._seen_X.append(X)
+            self._seen_y.append(y)
+            return np.concatenate(self._seen_X), np.concatenate(self._seen_y)
+        old = ~np.isin(self.bank.labels, np.unique(y))
+        return np.concatenate([X, self.bank.features[old]]), np.concatenate([y, self.bank.labels[old]])
+
+    def learn(self, task, X, y, rows):
+        self._remember(X, y, rows)
+        Xt, yt = self._training_set(X, y, rows)
+        Xt, yt = torch.from_numpy(Xt), torch.from_numpy(yt)
+        mask = self._mask()
+
+        def step(idx):
+            return F.cross_entropy(self.clf(Xt[idx]) + mask, yt[idx])
+
+        self.clf.train()
+        loss = train_epochs(step, len(yt), self.cfg, self.clf.parameters(), _generator(self.seed, 2, task))
+        return {"loss": loss, "train_size": int(len(yt))}
+
+    def _mask(self) -> torch.Tensor:
+        m = torch.full((self.n_classes,), float("-inf"))
+        m[self.seen] = 0.0
+        return m
+
+    @torch.no_grad()
+    def scores(self, X):
+        self.clf.eval()
+        return self.clf(torch.from_numpy(X)).numpy()
+
+    def state_dict(self):
+        return {**super().state_dict(), "clf": self.clf.state_dict(),
+                "seen_X": [torch.from_numpy(a) for a in self._seen_X],
+                "seen_y": [torch.from_numpy(a) for a in self._seen_y]}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.clf.load_state_dict(state["clf"])
+        self._seen_X = [a.numpy() for a in state["seen_X"]]
+        self._seen_y = [a.numpy() for a in state["seen_y"]]
+
+
+class NCMMethod(Method):
+    """iCaRL's classifier over a frozen encoder: herding exemplars, nearest class mean (cosine)."""
+
+    name = "icarl"
+
+    def learn(self, task, X, y, rows):
+        self._remember(X, y, rows)
+        return {}
+
+    def scores(self, X):
+        cls, means = self.bank.class_means()
+        q = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        out = np.full((len(X), self.n_classes), -np.inf, dtype=np.float32)
+        out[:, cls] = q @ means.T
+        return out
+
+
+class KNNMethod(Method):
+    """kNN voting over the memory: votes weighted by exp(similarity / temperature)."""
+
+    name = "knn"
+
+    def learn(self, task, X, y, rows):
+        self._remember(X, y, rows)
+        return {}
+
+    def scores(self, X):
+        D, I = self.bank.knn(X, self.cfg.k)
+        w = np.where(I >= 0, np.exp((D - 1.0) / self.cfg.knn_temperature), 0.0)
+        out = np.zeros((len(X), self.n_classes), dtype=np.float64)
+        labels = self.bank.labels[np.where(I >= 0, I, 0)]
+        np.add.at(out, (np.repeat(np.arange(len(X)), I.shape[1]), labels.ravel()), w.ravel())
+        return out.astype(np.float32)
+
+
+class MTNMethod(LinearMethod):
+    """Replay classifier + Memory Transformer Network reading the k nearest exemplars.
+
+    The memory is updated with the current task first, so training retrieves from
+    the same memory the test will (old exemplars + the current classes' exemplars);
+    a training sample's own entry is excluded (leave-one-out by dataset row).
+    """
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, data="replay", **kw)
+        self.name = "mtn"
+        cfg = self.cfg
+        self.mtn = _seeded_init(lambda: MemoryTransformerNetwork(
+            self.feat_dim, self.n_classes, cfg.mtn_width, cfg.mtn_layers, cfg.mtn_heads,
+            dropout=cfg.mtn_dropout), self.seed, 3)
+
+    def _neighbours(self, X: np.ndarray, exclude: np.ndarray | None):
+        D, I = self.bank.knn(X, self.cfg.k, exclude=exclude)
+        safe = np.where(I >= 0, I, 0)
+        feats = torch.from_numpy(self.bank.features[safe])  # (B, k, D)
+        labels = torch.from_numpy(np.where(I >= 0, self.bank.labels[safe], -1))
+        sims = torch.from_numpy(np.where(I >= 0, D, 0.0).astype(np.float32))
+        return feats, labels, sims
+
+    def learn(self, task, X, y, rows):
+        self._remember(X, y, rows)
+        old = ~np.isin(self.bank.labels, np.unique(y))
+        Xt = np.concatenate([X, self.bank.features[old]])
+        yt = np.concatenate([y, self.bank.labels[old]])
+        rt = np.concatenate([rows, self.bank.refs[old]])
+        # the neighbours of every training sample, retrieved once per task (the memory is fixed within a task)
+        nf, nl, ns = self._neighbours(Xt, exclude=rt)
+        Xt_t, yt_t = torch.from_numpy(Xt), torch.from_numpy(yt)
+        mask = self._mask()
+        # The current task has all its data, old classes only their exemplars: without balancing,
+        # both heads learn to favour the newest classes.
+        weight = None
+        if self.cfg.balanced:
+            counts = np.bincount(yt, minlength=self.n_classes).astype(np.float32)
+            weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(np.unique(yt)), 0))
+
+        def step(idx):
+            clf = self.clf(Xt_t[idx]) + mask
+            mtn = self.mtn(Xt_t[idx], nf[idx], nl[idx], ns[idx]) + mask
+            target = yt_t[idx]
+            return (F.cross_entropy(clf, target, weight=weight) + F.cross_entropy(mtn, target, weight=weight)
+                    + F.cross_entropy(self._fuse(clf, mtn), target, weight=weight))
+
+        self.clf.train(), self.mtn.train()
+        params = list(self.clf.parameters()) + list(self.mtn.parameters())
+        loss = train_epochs(step, len(yt), self.cfg, params, _generator(self.seed, 4, task))
+        return {"loss": loss, "train_size": int(len(yt))}
+
+    def _fuse(self, clf: torch.Tensor, mtn: torch.Tensor) -> torch.Tensor:
+        if self.cfg.fusion == "mtn_only":
+            return mtn
+        if self.cfg.fusion == "classifier_only":
+            return clf
+        return clf + mtn
+
+    @torch.no_grad()
+    def scores(self, X):
+        self.clf.eval(), self.mtn.eval()
+        out = []
+        for s in range(0, len(X), 1024):
+            xb = X[s:s + 1024]
+            nf, nl, ns = self._neighbours(xb, exclude=None)
+            xt = torch.from_numpy(xb)
+            out.append(self._fuse(self.clf(xt), self.mtn(xt, nf, nl, ns)).numpy())
+        return np.concatenate(out)
+
+    def state_dict(self):
+        return {**super().state_dict(), "mtn": self.mtn.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.mtn.load_state_dict(state["mtn"])
+
+
+def make_method(name: str, feat_dim: int, n_classes: int, bank: ExemplarBank, cfg: TrainConfig, seed: int) -> Method:
+    args = (feat_dim, n_classes, bank, cfg, seed)
+    if name in ("finetune", "joint", "replay"):
+        return LinearMethod(*args, data=name)
+    table = {"icarl": NCMMethod, "knn": KNNMethod, "mtn": MTNMethod}
+    if name not in table:
+        raise KeyError(f"unknown method {name!r}; known: {list(METHODS)}")
+    return table[name](*args)

@@ -1,0 +1,288 @@
+"""``memret.incremental.run``: a class-incremental experiment end to end.
+
+    res = memret.incremental.run("cifar10", tasks=5, method=["mtn", "knn", "icarl", "replay"], memory=2000)
+    res = memret.incremental.run("imagenet1k", tasks=10, root="/data/imagenet")   # 100 classes a task, 20/class
+
+Steps: load the data set; build the stream with Avalanche (iCaRL class order from
+``seed``, equal classes per task); encode every image once with the frozen
+encoder (``kmeans_patches`` is fitted on the first task's images only; any
+``memret.encoders`` name with ``checkpoint=`` loads weights); then, for each
+method, learn task by task with an :class:`~memret.ExemplarBank`, evaluating
+on all classes seen after each task. Writes ``<out>/results.json``,
+``<out>/accuracy.png`` and per-task checkpoints; rerunning with the same
+arguments resumes after the last finished task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from memret.incremental.data import ArrayImages, LabelledData, load_dataset
+from memret.incremental.methods import METHODS, TrainConfig, make_method
+from memret.incremental.streams import Task, make_tasks
+from memret.memory import ExemplarBank
+from memret.metrics import summarize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MethodResult:
+    accuracy_matrix: list[list[float]]     # R[i][j]: accuracy on task j after task i (NaN for j > i)
+    seen_accuracy: list[float]             # top-1 on all classes seen, after each task
+    seen_top5: list[float] | None
+    task_seconds: list[float]
+    summary: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    dataset: str
+    tasks: int
+    classes_per_task: int
+    memory: str
+    encoder: str
+    methods: dict[str, MethodResult] = field(default_factory=dict)
+    out: str = ""
+
+    def table(self) -> str:
+        rows = [f"{'method':<10}{'avg inc acc':>12}{'last acc':>10}{'forgetting':>12}{'BWT':>8}{'s/task':>8}"]
+        for name, r in self.methods.items():
+            s = r.summary
+            rows.append(f"{name:<10}{100 * s['average_incremental_accuracy']:>12.2f}{100 * s['last_accuracy']:>10.2f}"
+                        f"{100 * s['forgetting']:>12.2f}{100 * s['bwt']:>8.2f}{np.mean(r.task_seconds):>8.1f}")
+        return "\n".join(rows)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ============ encoding ============
+def _batches(data, rows: np.ndarray, batch: int):
+    for s in range(0, len(rows), batch):
+        idx = rows[s:s + batch]
+        if isinstance(data, ArrayImages):
+            yield data.batch(idx)
+        else:
+            yield torch.stack([data[int(i)][0] for i in idx])
+
+
+@torch.no_grad()
+def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: str = "cpu",
+                     desc: str = "features") -> np.ndarray:
+    """(N, D) float32 features of every sample of ``data``, with a progress bar.
+
+    Under an initialised ``torch.distributed`` group each rank encodes every
+    world_size-th sample and the parts are all-gathered, so all ranks return all rows.
+    """
+    from tqdm.auto import tqdm
+
+    dist = torch.distributed
+    rows = np.arange(len(data))
+    world, rank = 1, 0
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    mine = rows[rank::world]
+    encoder.eval().to(device)
+    parts = [encoder(x.to(device)).float().cpu().numpy()
+             for x in tqdm(_batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
+                           disable=rank != 0, leave=False)]
+    out_mine = np.concatenate(parts) if parts else np.empty((0, encoder.embed_dim), np.float32)
+    if world == 1:
+        return out_mine.astype(np.float32)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, out_mine)
+    out = np.empty((len(rows), out_mine.shape[1]), np.float32)
+    for r, part in enumerate(gathered):
+        out[r::world] = part
+    return out
+
+
+def _build_encoder(encoder: str | torch.nn.Module, data: LabelledData, first: Task, encoder_kw: dict, seed: int):
+    if isinstance(encoder, torch.nn.Module):
+        return encoder, type(encoder).__name__
+    import memret.encoders as E
+
+    enc = E.create(encoder, **encoder_kw)
+    if isinstance(enc, E.PatchKMeansEncoder):
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(first.train_rows, size=min(len(first.train_rows), 10_000), replace=False)
+        imgs = torch.cat(list(_batches(data.train, np.sort(rows), 512)))
+        enc.fit(imgs, seed=seed)
+    return enc, encoder
+
+
+# ============ evaluation and checkpoints ============
+def _evaluate(scores: np.ndarray, y: np.ndarray, seen: Sequence[int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample top-1 and top-5 hits, predictions restricted to the classes seen so far."""
+    masked = np.full_like(scores, -np.inf)
+    masked[:, list(seen)] = scores[:, list(seen)]
+    top1 = masked.argmax(1) == y
+    k = min(5, len(seen))
+    topk = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+    return top1, (topk == y[:, None]).any(1)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run(
+    dataset: str | LabelledData = "cifar10",
+    tasks: int = 5,
+    method: str | Sequence[str] = "mtn",
+    encoder: str | torch.nn.Module = "kmeans_patches",
+    memory: int | None = 2000,
+    per_class: int | None = None,
+    policy: str = "herding",
+    seed: int = 1993,
+    root: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    config: TrainConfig | None = None,
+    encoder_kw: dict | None = None,
+    device: str = "cpu",
+    resume: bool = True,
+    plot: bool = True,
+) -> RunResult:
+    """Run a class-incremental experiment; see the module docstring.
+
+    Args:
+        dataset: "cifar10", "cifar100", "imagenet1k", "digits", or a :class:`LabelledData`.
+        tasks: number of tasks (equal classes per task).
+        method: one of ``finetune, joint, replay, icarl, knn, mtn`` or a list of them (compared on one stream).
+        encoder: a ``memret.encoders`` name (frozen), or any module with ``embed_dim`` and ``forward -> (B, D)``.
+        memory: total exemplar budget (the quota per class shrinks as classes arrive), or
+        per_class: a fixed number per class (iCaRL protocol: 20). ``imagenet1k`` defaults to 20 per class.
+        policy: exemplar selection (``herding``, ``random``, ``closest``, ``reservoir``).
+        seed: class order (iCaRL's 1993) and every initialisation and shuffle.
+        root: data folder (see :mod:`memret.incremental.data`).
+        out: run folder (default ``runs/<dataset>-<tasks>t-<hash>``).
+        config: training knobs (:class:`TrainConfig`).
+        encoder_kw: keyword arguments of the encoder constructor (e.g. ``checkpoint=PATH``).
+        resume: continue after the last checkpointed task of an identical earlier run.
+    """
+    methods = [method] if isinstance(method, str) else list(method)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise KeyError(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    if dataset == "imagenet1k" and memory == 2000 and per_class is None:
+        memory, per_class = None, 20
+    cfg = config or TrainConfig()
+    encoder_kw = dict(encoder_kw or {})
+
+    # ============ data, stream, features ============
+    data = load_dataset(dataset, root)
+    ytr, yte = np.asarray(data.train.targets), np.asarray(data.test.targets)
+    stream = make_tasks(ytr, yte, tasks, seed)
+    enc_name = encoder if isinstance(encoder, str) else type(encoder).__name__
+    key = json.dumps([data.name, tasks, enc_name, sorted(encoder_kw.items(), key=str), memory, per_class, policy,
+                      seed, asdict(cfg)], default=str)
+    run_id = hashlib.sha256(key.encode()).hexdigest()[:10]
+    out = Path(out or f"runs/{data.name}-{tasks}t-{run_id}")
+    out.mkdir(parents=True, exist_ok=True)
+    feat_file = out / "features.npz"
+    if resume and feat_file.is_file():
+        cached = np.load(feat_file, allow_pickle=False)
+        Ftr, Fte = cached["train"], cached["test"]
+    else:
+        enc, enc_name = _build_encoder(encoder, data, stream[0], encoder_kw, seed)
+        t0 = time.perf_counter()
+        Ftr = extract_features(enc, data.train, device=device, desc="train features")
+        Fte = extract_features(enc, data.test, device=device, desc="test features")
+        log.info("encoded %d images in %.1fs", len(Ftr) + len(Fte), time.perf_counter() - t0)
+        tmp = out / ".features.tmp.npz"
+        np.savez(tmp, train=Ftr, test=Fte)
+        os.replace(tmp, feat_file)
+
+    budget = f"{per_class}/class" if per_class else f"{memory} total"
+    result = RunResult(data.name, tasks, data.n_classes // tasks, budget, enc_name, out=str(out))
+    # ============ methods, task by task ============
+    for name in methods:
+        result.methods[name] = _run_method(name, stream, Ftr, ytr, Fte, yte, data.n_classes, memory, per_class,
+                                           policy, cfg, seed, out / "ckpt" / name, run_id, resume)
+    (out / "results.json").write_text(json.dumps(result.to_json(), indent=2, default=float))
+    if plot:
+        plot_accuracy(result, out / "accuracy.png")
+    return result
+
+
+def _run_method(name, stream, Ftr, ytr, Fte, yte, n_classes, memory, per_class, policy, cfg, seed, ckpt: Path,
+                run_id: str, resume: bool) -> MethodResult:
+    from tqdm.auto import tqdm
+
+    T = len(stream)
+    bank = ExemplarBank(Ftr.shape[1], per_class=per_class, total=None if per_class else memory, policy=policy,
+                        seed=seed)
+    m = make_method(name, Ftr.shape[1], n_classes, bank, cfg, seed)
+    R = np.full((T, T), np.nan)
+    seen_acc, seen_top5, secs = [], [], []
+    start = 0
+    progress = ckpt / "progress.json"
+    if resume and progress.is_file():
+        p = json.loads(progress.read_text())
+        if p["run_id"] == run_id:
+            start = p["done"] + 1
+            R = np.asarray(p["R"], dtype=float)
+            seen_acc, seen_top5, secs = p["seen_acc"], p["seen_top5"], p["secs"]
+            m.load_state_dict(torch.load(ckpt / "method.pt", weights_only=True))
+            m.bank = bank = ExemplarBank.load(ckpt / "bank")
+    for t in tqdm(range(start, T), desc=name, initial=start, total=T, leave=False):
+        task = stream[t]
+        t0 = time.perf_counter()
+        m.learn(t, Ftr[task.train_rows], ytr[task.train_rows], task.train_rows)
+        secs.append(time.perf_counter() - t0)
+        test_rows = np.concatenate([stream[j].test_rows for j in range(t + 1)])
+        top1, top5 = _evaluate(m.scores(Fte[test_rows]), yte[test_rows], m.seen, n_classes)
+        owner = np.concatenate([np.full(len(stream[j].test_rows), j) for j in range(t + 1)])
+        for j in range(t + 1):
+            R[t, j] = float(top1[owner == j].mean())
+        seen_acc.append(float(top1.mean()))
+        seen_top5.append(float(top5.mean()))
+        # ============ checkpoint: state first, then the progress marker that points at it ============
+        ckpt.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save(m.state_dict(), ckpt / "method.pt")
+        m.bank.save(ckpt / "bank")
+        tmp = ckpt / ".progress.tmp"
+        tmp.write_text(json.dumps({"run_id": run_id, "done": t, "R": np.nan_to_num(R, nan=-1).tolist(),
+                                   "seen_acc": seen_acc, "seen_top5": seen_top5, "secs": secs}))
+        os.replace(tmp, progress)
+    R = np.where(R < 0, np.nan, R)
+    summary = summarize(R)
+    summary["top5_last"] = seen_top5[-1]
+    return MethodResult(np.where(np.isnan(R), None, R).tolist(), seen_acc,
+                        seen_top5 if n_classes > 10 else None, secs, summary)
+
+
+def plot_accuracy(result: RunResult, path: Path) -> None:
+    """Accuracy on all classes seen against the number of classes seen, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in result.methods.items():
+        xs = [result.classes_per_task * (i + 1) for i in range(len(r.seen_accuracy))]
+        ax.plot(xs, [100 * a for a in r.seen_accuracy], "o-", label=f"{name} (last {100 * r.seen_accuracy[-1]:.1f})")
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("top-1 accuracy on seen classes (%)")
+    ax.set_title(f"{result.dataset}, {result.tasks} tasks, memory {result.memory}, encoder {result.encoder}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
