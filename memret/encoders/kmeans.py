@@ -70,8 +70,8 @@ class PatchKMeansEncoder(nn.Module):
         self.feat_std.copy_(feats.std(0).clamp(min=1e-3))
         return self
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, K) triangle activations, one token per patch position."""
+    def activation_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, K) triangle activations, one row per patch position."""
         if not bool(self.fitted):
             raise RuntimeError("PatchKMeansEncoder is not fitted: call fit(images) first")
         w = (self._patches(x) - self.mean) @ self.whiten  # (B, L, P)
@@ -79,10 +79,15 @@ class PatchKMeansEncoder(nn.Module):
         return torch.relu(z.mean(-1, keepdim=True) - z)
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.forward_features(x)  # (B, L, K)
+        f = self.activation_map(x)  # (B, L, K)
         side = int(round(f.shape[1] ** 0.5))
         f = f.transpose(1, 2).reshape(x.shape[0], -1, side, side)
         return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4K), quadrant pooling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self._pooled(x) - self.feat_mean) / self.feat_std
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, embed_dim): the pooled descriptor as the single token (the per-position map is
+        :meth:`activation_map`, K wide rather than embed_dim)."""
+        return self.forward(x).unsqueeze(1)

@@ -46,6 +46,7 @@ class TrainConfig:
     mtn_dropout: float = 0.0     # CPU dropout costs more than the rest of a small MTN step
     balanced: bool = True       # MTN: class-balanced loss over current data + memory
     fusion: str = "sum"         # "sum" | "mtn_only" | "classifier_only"
+    schedule: str = "cosine"    # "cosine" | "constant" learning rate within a task
 
 
 def _generator(seed: int, *salt: int) -> torch.Generator:
@@ -63,7 +64,8 @@ def train_epochs(model_step, n: int, cfg: TrainConfig, params, gen: torch.Genera
     """Plain minibatch loop: ``model_step(idx) -> loss`` on shuffled index batches; returns the last epoch's mean loss."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, -(-n // cfg.batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     last = 0.0
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)

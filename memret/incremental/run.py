@@ -157,6 +157,7 @@ def run(
     device: str = "cpu",
     resume: bool = True,
     plot: bool = True,
+    cache_dir: str | os.PathLike = "indices",
 ) -> RunResult:
     """Run a class-incremental experiment; see the module docstring.
 
@@ -174,6 +175,7 @@ def run(
         config: training knobs (:class:`TrainConfig`).
         encoder_kw: keyword arguments of the encoder constructor (e.g. ``checkpoint=PATH``).
         resume: continue after the last checkpointed task of an identical earlier run.
+        cache_dir: where encoded features are cached (keyed by data, encoder and stream).
     """
     methods = [method] if isinstance(method, str) else list(method)
     unknown = [m for m in methods if m not in METHODS]
@@ -194,8 +196,13 @@ def run(
     run_id = hashlib.sha256(key.encode()).hexdigest()[:10]
     out = Path(out or f"runs/{data.name}-{tasks}t-{run_id}")
     out.mkdir(parents=True, exist_ok=True)
-    feat_file = out / "features.npz"
-    if resume and feat_file.is_file():
+    # Features depend on the data, the encoder and (for encoders fitted on the first task) the stream:
+    # runs that differ only in methods, memory or training share them.
+    feat_key = json.dumps([data.name, len(ytr), len(yte), enc_name, sorted(encoder_kw.items(), key=str), tasks,
+                           seed], default=str)
+    feat_file = Path(cache_dir) / f"features-{data.name}-{hashlib.sha256(feat_key.encode()).hexdigest()[:12]}.npz"
+    feat_file.parent.mkdir(parents=True, exist_ok=True)
+    if feat_file.is_file() and isinstance(encoder, str):
         cached = np.load(feat_file, allow_pickle=False)
         Ftr, Fte = cached["train"], cached["test"]
     else:
@@ -204,7 +211,7 @@ def run(
         Ftr = extract_features(enc, data.train, device=device, desc="train features")
         Fte = extract_features(enc, data.test, device=device, desc="test features")
         log.info("encoded %d images in %.1fs", len(Ftr) + len(Fte), time.perf_counter() - t0)
-        tmp = out / ".features.tmp.npz"
+        tmp = feat_file.with_name(f".{feat_file.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, train=Ftr, test=Fte)
         os.replace(tmp, feat_file)
 
