@@ -84,7 +84,8 @@ def timed(fn, *args, repeat: int = 1) -> tuple[float, object]:
     return best, out
 
 
-def bench_dataset(n: int, d: int, factories: list[str], nq: int = 1000, n_single: int = 200) -> list[dict]:
+def bench_dataset(n: int, d: int, factories: list[str], nq: int = 1000, n_single: int = 200,
+                  repeat: int = 3) -> list[dict]:
     xb, xq = clustered(n, d, 0), clustered(nq, d, 1)
     xt = xb[: min(n, 64 * 1024)]
     gt = faiss.IndexFlatL2(d)
@@ -101,16 +102,19 @@ def bench_dataset(n: int, d: int, factories: list[str], nq: int = 1000, n_single
             res[name] = {"build_s": build_s}
             res[name]["_impl"] = impl
         # alternate the timed searches so drift affects both alike
-        for rep in range(3):
+        for rep in range(repeat):
             for name in ("raw", "memret"):
                 impl = res[name]["_impl"]
                 t, (_, I) = timed(impl.search, xq, 10)
                 res[name]["batch_s"] = min(res[name].get("batch_s", np.inf), t)
                 res[name]["recall@10"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, I_gt)]))
+        # single queries, interleaved query by query so that load changes hit both sides alike
+        lat = {"raw": [], "memret": []}
+        for i in range(n_single):
+            for name in ("raw", "memret") if i % 2 == 0 else ("memret", "raw"):
+                lat[name].append(timed(res[name]["_impl"].search, xq[i : i + 1], 10)[0])
         for name in ("raw", "memret"):
-            impl = res[name]["_impl"]
-            lat = [timed(impl.search, xq[i : i + 1], 10)[0] for i in range(n_single)]
-            res[name]["single_ms"] = 1000 * float(np.median(lat))
+            res[name]["single_ms"] = 1000 * float(np.median(lat[name]))
         row = {"n": n, "d": d, "factory": factory}
         for name in ("raw", "memret"):
             r = res[name]
@@ -169,14 +173,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply data set sizes")
     ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--dims", type=int, nargs="+", default=[128, 768], help="128: 1M vectors, 768: 100k")
+    ap.add_argument("--factories", nargs="+", default=list(SEARCH_PARAMS))
+    ap.add_argument("--repeat", type=int, default=3, help="alternating timed batch searches per side")
+    ap.add_argument("--no-bank", action="store_true")
     args = ap.parse_args()
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; columns are raw / memret")
-    rows = bench_dataset(int(1_000_000 * args.scale), 128, ["Flat", "HNSW32", "IVF1024,PQ16"])
-    rows += bench_dataset(int(100_000 * args.scale), 768, ["Flat", "HNSW32", "IVF1024,PQ16"])
-    bank = bench_bank()
+    rows = []
+    for d in args.dims:
+        n = int((1_000_000 if d == 128 else 100_000) * args.scale)
+        rows += bench_dataset(n, d, args.factories, repeat=args.repeat)
+    bank = None if args.no_bank else bench_bank()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_index.json").write_text(json.dumps({"index": rows, "bank": bank}, indent=2))
+    name = "bench_index.json" if len(rows) == 6 and bank else "bench_index_partial.json"
+    (out / name).write_text(json.dumps({"index": rows, "bank": bank}, indent=2))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,15 @@ def test_vit22b_knobs_change_block_structure():
     assert not hasattr(blk, "norm2")
 
 
+def test_pi_resize_matches_timm():
+    from timm.layers import resample_patch_embed
+
+    w = torch.randn(4, 3, 8, 8, dtype=torch.float64).float()
+    for new in (5, 12, 16):
+        ref = resample_patch_embed(w, [new, new], interpolation="bilinear", antialias=False)
+        torch.testing.assert_close(E.pi_resize_patch_embed(w, (new, new)), ref, atol=1e-4, rtol=1e-4)
+
+
 def test_pi_resize_identity_and_token_invariance():
     torch.manual_seed(0)
     w = torch.randn(5, 3, 8, 8)

@@ -5,19 +5,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("avalanche", reason="pip install memret[cl]")
 
 from memret import ExemplarBank  # noqa: E402
+from memret.incremental.data import FeatureDataset as FeatureSet  # noqa: E402
 from memret.incremental.plugins import ExemplarMemoryPlugin  # noqa: E402
 from memret.incremental.streams import avalanche_benchmark  # noqa: E402
-
-
-class FeatureSet(torch.utils.data.Dataset):
-    def __init__(self, X, y):
-        self.X, self.targets = torch.from_numpy(X), y.tolist()
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        return self.X[i], self.targets[i]
 
 
 def test_memory_plugin_in_avalanche_naive():

@@ -16,6 +16,7 @@ bilinearly resized to the new grid. Inference runs at any listed patch size.
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import Sequence
 
@@ -57,18 +58,31 @@ def vit_encoder(size: str, pretrained: bool | str = False, checkpoint=None, **kw
 
 
 # ============ PI-resize and FlexiViT ============
+@functools.lru_cache(maxsize=64)
+def _pi_resize_matrix(old: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """(new_h*new_w, old_h*old_w) matrix P with P @ w = the PI-resized kernel (cached per size pair).
+
+    B maps an old-size patch to its bilinear resize (column i = resize of basis vector i);
+    PI-resize picks w' minimising ||B^T w' - w||, i.e. w' = pinv(B^T) w.
+    """
+    basis = torch.eye(old[0] * old[1], dtype=torch.float64).reshape(-1, 1, *old)
+    B = F.interpolate(basis, size=new, mode="bilinear", antialias=False).reshape(old[0] * old[1], -1).T
+    return torch.linalg.pinv(B.T).float()
+
+
 def pi_resize_patch_embed(weight: torch.Tensor, new_size: Sequence[int]) -> torch.Tensor:
     """PI-resize a (D, C, h, w) patch-embedding kernel to (D, C, *new_size) (FlexiViT, eq. 4).
 
     Solves ``argmin_w' ||B^T w' - w||`` where ``B`` is bilinear resizing (no antialias), so that
-    ``<w', resize(x)> = <w, x>`` for every patch ``x`` when upsampling. timm's
-    ``resample_patch_embed`` implements exactly this; it is used here with FlexiViT's bilinear choice.
+    ``<w', resize(x)> = <w, x>`` for every patch ``x`` when upsampling. Same maths as timm's
+    ``resample_patch_embed`` (the tests compare the two), but the pseudo-inverse is computed once per
+    size pair rather than at every call: FlexiViT resizes at every training step.
     """
-    from timm.layers import resample_patch_embed
-
-    if tuple(weight.shape[-2:]) == tuple(new_size):
+    old, new = tuple(weight.shape[-2:]), tuple(int(v) for v in new_size)
+    if old == new:
         return weight
-    return resample_patch_embed(weight, list(new_size), interpolation="bilinear", antialias=False)
+    P = _pi_resize_matrix(old, new).to(device=weight.device, dtype=weight.dtype)  # (new_n, old_n)
+    return (weight.reshape(-1, old[0] * old[1]) @ P.T).reshape(*weight.shape[:2], *new)
 
 
 def resize_pos_embed(pos: torch.Tensor, new_grid: Sequence[int], prefix: int = 1) -> torch.Tensor:

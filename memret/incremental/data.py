@@ -63,6 +63,22 @@ class ArrayImages(Dataset):
         return (x - self._mean) / self._std
 
 
+class FeatureDataset(Dataset):
+    """Precomputed (N, D) features with labels, as a torch dataset with ``.targets`` (for Avalanche)."""
+
+    def __init__(self, features: np.ndarray, targets: np.ndarray) -> None:
+        if len(features) != len(targets):
+            raise ValueError(f"{len(features)} feature rows but {len(targets)} targets")
+        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.targets = [int(t) for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.features[i], self.targets[i]
+
+
 def _decode_jpeg_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 

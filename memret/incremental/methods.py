@@ -9,7 +9,7 @@ caller. State lives in the method object; training loops are plain functions.
 |----------|-------------------------------|-------------------------------------------------|
 | finetune | current task only             | linear classifier (lower bound)                 |
 | joint    | all data seen so far          | linear classifier (upper bound)                 |
-| replay   | current task + memory         | linear classifier                               |
+| replay   | current task + memory (ER)    | linear classifier                               |
 | icarl    | — (memory, herding)           | nearest class mean of the exemplars (iCaRL NCM) |
 | knn      | — (memory)                    | similarity-weighted vote of the k nearest       |
 | mtn      | current task + memory         | classifier logits + MTN over k retrieved        |
@@ -60,9 +60,14 @@ def _seeded_init(module_fn, seed: int, *salt: int) -> nn.Module:
         return module_fn()
 
 
-def train_epochs(model_step, n: int, cfg: TrainConfig, params, gen: torch.Generator) -> float:
-    """Plain minibatch loop: ``model_step(idx) -> loss`` on shuffled index batches; returns the last epoch's mean loss."""
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def train_epochs(model_step, n: int, cfg: TrainConfig, opt: torch.optim.Optimizer, gen: torch.Generator) -> float:
+    """Plain minibatch loop: ``model_step(idx) -> loss`` on shuffled index batches; returns the last epoch's mean loss.
+
+    The optimizer lives across tasks (its moments carry over, as in Avalanche's strategies); the
+    learning-rate schedule restarts each task.
+    """
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr
     steps = cfg.epochs * max(1, -(-n // cfg.batch_size))
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
@@ -80,6 +85,29 @@ def train_epochs(model_step, n: int, cfg: TrainConfig, params, gen: torch.Genera
             total, count = total + loss.detach().item() * len(idx), count + len(idx)
         last = total / max(count, 1)
     return last
+
+
+class _MemoryBatches:
+    """Endless minibatches over the memory: successive seeded permutations, cut into batches."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, gen: torch.Generator) -> None:
+        self.X, self.y, self.gen = torch.from_numpy(X), torch.from_numpy(y), gen
+        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = []
+        while n > 0:
+            if self.pos >= len(self.order):
+                self.order, self.pos = torch.randperm(len(self.y), generator=self.gen), 0
+            take = self.order[self.pos:self.pos + n]
+            self.pos += len(take)
+            n -= len(take)
+            idx.append(take)
+        i = torch.cat(idx)
+        return self.X[i], self.y[i]
 
 
 class Method:
@@ -118,31 +146,33 @@ class LinearMethod(Method):
         self.name, self.data = data, data
         self.uses_memory = data == "replay"
         self.clf = _seeded_init(lambda: nn.Linear(self.feat_dim, self.n_classes), self.seed, 1)
+        self.opt = torch.optim.AdamW(self.clf.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self._seen_X: list[np.ndarray] = []
         self._seen_y: list[np.ndarray] = []
 
-    def _training_set(self, X, y, rows):
-        if self.data == "finetune":
-            return X, y
+    def learn(self, task, X, y, rows):
+        self._remember(X, y, rows)
         if self.data == "joint":
             self._seen_X.append(X)
             self._seen_y.append(y)
-            return np.concatenate(self._seen_X), np.concatenate(self._seen_y)
-        old = ~np.isin(self.bank.labels, np.unique(y))
-        return np.concatenate([X, self.bank.features[old]]), np.concatenate([y, self.bank.labels[old]])
-
-    def learn(self, task, X, y, rows):
-        self._remember(X, y, rows)
-        Xt, yt = self._training_set(X, y, rows)
-        Xt, yt = torch.from_numpy(Xt), torch.from_numpy(yt)
+            X, y = np.concatenate(self._seen_X), np.concatenate(self._seen_y)
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
         mask = self._mask()
+        # Experience replay (Chaudhry et al. 2019; Avalanche's ReplayDataLoader): every minibatch of new
+        # data is joined by an equally large minibatch drawn from the memory's old classes.
+        old = ~np.isin(self.bank.labels, np.unique(y)) if self.data == "replay" else np.zeros(0, bool)
+        mem = _MemoryBatches(self.bank.features[old], self.bank.labels[old], _generator(self.seed, 5, task))
 
         def step(idx):
-            return F.cross_entropy(self.clf(Xt[idx]) + mask, yt[idx])
+            xb, yb = Xt[idx], yt[idx]
+            if len(mem):
+                xm, ym = mem.next(len(idx))
+                xb, yb = torch.cat([xb, xm]), torch.cat([yb, ym])
+            return F.cross_entropy(self.clf(xb) + mask, yb)
 
         self.clf.train()
-        loss = train_epochs(step, len(yt), self.cfg, self.clf.parameters(), _generator(self.seed, 2, task))
-        return {"loss": loss, "train_size": int(len(yt))}
+        loss = train_epochs(step, len(yt), self.cfg, self.opt, _generator(self.seed, 2, task))
+        return {"loss": loss, "train_size": int(len(yt) + len(mem))}
 
     def _mask(self) -> torch.Tensor:
         m = torch.full((self.n_classes,), float("-inf"))
@@ -155,25 +185,30 @@ class LinearMethod(Method):
         return self.clf(torch.from_numpy(X)).numpy()
 
     def state_dict(self):
-        return {**super().state_dict(), "clf": self.clf.state_dict(),
+        return {**super().state_dict(), "clf": self.clf.state_dict(), "opt": self.opt.state_dict(),
                 "seen_X": [torch.from_numpy(a) for a in self._seen_X],
                 "seen_y": [torch.from_numpy(a) for a in self._seen_y]}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.clf.load_state_dict(state["clf"])
+        self.opt.load_state_dict(state["opt"])
         self._seen_X = [a.numpy() for a in state["seen_X"]]
         self._seen_y = [a.numpy() for a in state["seen_y"]]
 
 
-class NCMMethod(Method):
-    """iCaRL's classifier over a frozen encoder: herding exemplars, nearest class mean (cosine)."""
-
-    name = "icarl"
+class MemoryOnlyMethod(Method):
+    """Methods that only fill the memory and predict from it (no training)."""
 
     def learn(self, task, X, y, rows):
         self._remember(X, y, rows)
         return {}
+
+
+class NCMMethod(MemoryOnlyMethod):
+    """iCaRL's classifier over a frozen encoder: herding exemplars, nearest class mean (cosine)."""
+
+    name = "icarl"
 
     def scores(self, X):
         cls, means = self.bank.class_means()
@@ -183,14 +218,10 @@ class NCMMethod(Method):
         return out
 
 
-class KNNMethod(Method):
+class KNNMethod(MemoryOnlyMethod):
     """kNN voting over the memory: votes weighted by exp(similarity / temperature)."""
 
     name = "knn"
-
-    def learn(self, task, X, y, rows):
-        self._remember(X, y, rows)
-        return {}
 
     def scores(self, X):
         D, I = self.bank.knn(X, self.cfg.k)
@@ -216,6 +247,8 @@ class MTNMethod(LinearMethod):
         self.mtn = _seeded_init(lambda: MemoryTransformerNetwork(
             self.feat_dim, self.n_classes, cfg.mtn_width, cfg.mtn_layers, cfg.mtn_heads,
             dropout=cfg.mtn_dropout), self.seed, 3)
+        self.opt = torch.optim.AdamW(list(self.clf.parameters()) + list(self.mtn.parameters()), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
 
     def _neighbours(self, X: np.ndarray, exclude: np.ndarray | None):
         D, I = self.bank.knn(X, self.cfg.k, exclude=exclude)
@@ -250,8 +283,7 @@ class MTNMethod(LinearMethod):
                     + F.cross_entropy(self._fuse(clf, mtn), target, weight=weight))
 
         self.clf.train(), self.mtn.train()
-        params = list(self.clf.parameters()) + list(self.mtn.parameters())
-        loss = train_epochs(step, len(yt), self.cfg, params, _generator(self.seed, 4, task))
+        loss = train_epochs(step, len(yt), self.cfg, self.opt, _generator(self.seed, 4, task))
         return {"loss": loss, "train_size": int(len(yt))}
 
     def _fuse(self, clf: torch.Tensor, mtn: torch.Tensor) -> torch.Tensor:

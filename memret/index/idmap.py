@@ -113,6 +113,8 @@ class IdMap:
         """Translate a (nq, k) array of internal ids (-1 = missing) into caller ids (-1 / None pads)."""
         if self._identity:
             return I
+        if I.size == 0 or I[:, -1].min() >= 0:  # no pads (they sit at row ends): one gather, no masking
+            return self._rev[I] if self._rev.size else np.zeros(I.shape, self._rev.dtype)
         miss = I < 0
         keys = self._rev[np.where(miss, 0, I)] if self._rev.size else np.zeros(I.shape, self._rev.dtype)
         if self.kind == "str":
