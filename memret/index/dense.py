@@ -122,6 +122,7 @@ class DenseIndex:
         self.dim, self.factory, self.metric = dim, factory, metric
         self._index = index  # index_factory/read_index already return the concrete type (and own it)
         self._tombstone_mode = isinstance(_core(self._index), _NO_REMOVE)
+        self._positional = _is_positional(self._index)
         self._lock = RWLock()
         self._ids = IdMap()
         self._tombstones: set[int] = set()
@@ -201,7 +202,12 @@ class DenseIndex:
             iids, present = self._ids.plan_add(kind, keys, upsert)
             if present:
                 self._remove_locked(present)
-            self._index.add_with_ids(x, iids)
+            if self._positional:
+                if iids.size and iids[0] != self._index.ntotal:
+                    raise RuntimeError(f"internal ids out of step with positions ({iids[0]} != {self._index.ntotal})")
+                self._index.add(x)
+            else:
+                self._index.add_with_ids(x, iids)
             # Commit the id map only once FAISS has accepted the vectors.
             self._ids.commit_add(kind, keys, iids)
 
@@ -233,21 +239,24 @@ class DenseIndex:
         """Drop tombstoned vectors for good by rebuilding the index from the live ones.
 
         Vectors are reconstructed from the index (exact for Flat/HNSW-Flat
-        storage, approximate for PQ/SQ codes) and re-added under their ids.
-        Returns the number of vectors dropped.
+        storage, approximate for PQ/SQ codes) and re-added; callers' ids are
+        unchanged. Returns the number of vectors dropped.
         """
         with self._lock.write():
             if not self._tombstones:
                 return 0
             _ensure_reconstructable(self._index)
-            _, live = self._ids.live()
+            keys, live = self._ids.live()
             vecs = (np.stack([self._index.reconstruct(int(i)) for i in live]) if live.size
                     else np.empty((0, self.dim), np.float32))
             fresh = _build(self.dim, self.factory, self.metric)
             _copy_search_params(self._index, fresh)
             if not fresh.is_trained:
                 fresh.train(vecs)
-            if live.size:
+            if _is_positional(fresh):  # positions restart at 0: renumber the internal ids
+                fresh.add(vecs)
+                self._ids = IdMap.from_live(self._ids.kind, keys, np.arange(len(keys), dtype=np.int64), len(keys))
+            elif live.size:
                 fresh.add_with_ids(vecs, live)
             dropped = len(self._tombstones)
             self._index, self._tombstones = fresh, set()
@@ -408,16 +417,27 @@ class DenseIndex:
 
 
 def _build(dim: int, factory: str, metric: str) -> faiss.Index:
-    """The FAISS index for ``factory``, able to hold arbitrary int64 ids.
+    """The FAISS index for ``factory``.
 
-    IVF indexes store ids natively (and ``IDMap`` over them would corrupt the
-    id map on ``remove_ids``, which IVF does not renumber); everything else is
-    wrapped in ``IDMap2``, which also gives ``reconstruct`` by id.
+    - IVF indexes store arbitrary int64 ids natively (an ``IDMap`` over them would corrupt the id map on
+      ``remove_ids``, which IVF does not renumber).
+    - Index types that cannot remove (HNSW, NSG) are used bare: their ids are insertion positions, which
+      never shift because nothing is ever removed from them (removal is by tombstone), so memret's
+      sequential internal ids are those positions. No ``IDMap`` wrapper also means no OpenMP region per
+      search for translating labels, which costs a single HNSW query up to 5x on a busy 2-core machine.
+    - Everything else is wrapped in ``IDMap2``, which keeps ids through ``remove_ids`` and gives
+      ``reconstruct`` by id.
     """
     index = faiss.index_factory(dim, factory, _METRICS[metric])
-    if isinstance(_core(index), faiss.IndexIVF):
+    if isinstance(_core(index), faiss.IndexIVF) or _is_positional(index):
         return index
     return faiss.index_factory(dim, f"IDMap2,{factory}", _METRICS[metric])
+
+
+def _is_positional(index: faiss.Index) -> bool:
+    """True for a bare (no IDMap) index whose ids are insertion positions: the non-removable types."""
+    return (not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2))
+            and isinstance(_core(index), _NO_REMOVE))
 
 
 def _ensure_reconstructable(index: faiss.Index) -> None:
