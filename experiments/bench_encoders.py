@@ -71,7 +71,7 @@ def main() -> None:
 
     flexi = E.create("flexivit_small").eval()
     x = torch.randn(args.batch, 3, 240, 240)
-    print(f"\nFlexiViT-S, 240x240: patch  tokens  img/s")
+    print("\nFlexiViT-S, 240x240: patch  tokens  img/s")
     for p in flexi.patch_sizes:
         if p < 10:  # 900 tokens: minutes on 2 cores, and the trend is clear without it
             continue

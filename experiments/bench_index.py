@@ -136,7 +136,6 @@ def bench_dataset(n: int, d: int, factories: list[str], nq: int = 1000, n_single
 
 
 def bench_bank(n: int = 20_000, d: int = 512, classes: int = 100, per_class: int = 20, nq: int = 1000) -> dict:
-    g = np.random.default_rng(0)
     feats = clustered(n, d, 2)
     labels = np.repeat(np.arange(classes), n // classes)
     t_one, _ = timed(herding, feats, 2000)

@@ -56,6 +56,24 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[Any], None]) -> Path:
+    """Write one file atomically: ``write_fn(binary file)`` fills a temp file beside ``path``, which is
+    fsynced and renamed over ``path``; a crash leaves the old file (or none), never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
 def write_snapshot(
     path: str | os.PathLike,
     kind: str,

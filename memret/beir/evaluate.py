@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from memret.beir.data import BeirData
 from memret.metrics.retrieval import per_query
+from memret.persist import atomic_write
 from memret.retrieval.base import Hit, Retriever
 
 Run = dict[str, dict[str, float]]
@@ -64,14 +64,10 @@ def evaluate(retriever: Retriever, data: BeirData, k: int = 1000, exclude_self: 
 
 def write_trec(run: Run, path: str | os.PathLike, tag: str = "memret") -> None:
     """Write a TREC run file (qid Q0 docid rank score tag), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        for qid, docs in run.items():
-            for rank, (docid, score) in enumerate(sorted(docs.items(), key=lambda t: (-t[1], t[0])), 1):
-                f.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
-    os.replace(tmp, path)
+    lines = [f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n"
+             for qid, docs in run.items()
+             for rank, (docid, score) in enumerate(sorted(docs.items(), key=lambda t: (-t[1], t[0])), 1)]
+    atomic_write(path, lambda f: f.write("".join(lines).encode()))
 
 
 def average(per_dataset: Mapping[str, Mapping[str, float]], names: Iterable[str] | None = None) -> dict[str, float]:

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from memret.incremental.methods import METHODS, TrainConfig, make_method
 from memret.incremental.streams import Task, make_tasks
 from memret.memory import ExemplarBank
 from memret.metrics import summarize
+from memret.persist import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +134,6 @@ def _evaluate(scores: np.ndarray, y: np.ndarray, seen: Sequence[int], n_classes:
     return top1, (topk == y[:, None]).any(1)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def run(
     dataset: str | LabelledData = "cifar10",
     tasks: int = 5,
@@ -211,9 +204,7 @@ def run(
         Ftr = extract_features(enc, data.train, device=device, desc="train features")
         Fte = extract_features(enc, data.test, device=device, desc="test features")
         log.info("encoded %d images in %.1fs", len(Ftr) + len(Fte), time.perf_counter() - t0)
-        tmp = feat_file.with_name(f".{feat_file.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, train=Ftr, test=Fte)
-        os.replace(tmp, feat_file)
+        atomic_write(feat_file, lambda f: np.savez(f, train=Ftr, test=Fte))
 
     budget = f"{per_class}/class" if per_class else f"{memory} total"
     result = RunResult(data.name, tasks, data.n_classes // tasks, budget, enc_name, out=str(out))
@@ -261,12 +252,11 @@ def _run_method(name, stream, Ftr, ytr, Fte, yte, n_classes, memory, per_class, 
         seen_top5.append(float(top5.mean()))
         # ============ checkpoint: state first, then the progress marker that points at it ============
         ckpt.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save(m.state_dict(), ckpt / "method.pt")
+        atomic_write(ckpt / "method.pt", lambda f: torch.save(m.state_dict(), f))
         m.bank.save(ckpt / "bank")
-        tmp = ckpt / ".progress.tmp"
-        tmp.write_text(json.dumps({"run_id": run_id, "done": t, "R": np.nan_to_num(R, nan=-1).tolist(),
-                                   "seen_acc": seen_acc, "seen_top5": seen_top5, "secs": secs}))
-        os.replace(tmp, progress)
+        atomic_write(progress, lambda f: f.write(json.dumps(
+            {"run_id": run_id, "done": t, "R": np.nan_to_num(R, nan=-1).tolist(), "seen_acc": seen_acc,
+             "seen_top5": seen_top5, "secs": secs}).encode()))
     R = np.where(R < 0, np.nan, R)
     summary = summarize(R)
     summary["top5_last"] = seen_top5[-1]

@@ -260,6 +260,7 @@ class DenseIndex:
                 fresh.add_with_ids(vecs, live)
             dropped = len(self._tombstones)
             self._index, self._tombstones = fresh, set()
+            self._positional = _is_positional(fresh)  # an older IDMap2-wrapped HNSW snapshot comes back bare
             return dropped
 
     # ------------------------------------------------------------------ reads

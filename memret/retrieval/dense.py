@@ -12,7 +12,8 @@ import numpy as np
 from memret.index import DenseIndex
 from memret.retrieval.base import Corpus, Hit, doc_text
 from memret.retrieval.bm25 import corpus_checksum
-from memret.retrieval.encoder import TextEncoder, _atomic_save_npy
+from memret.persist import atomic_write
+from memret.retrieval.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,7 @@ class DenseRetriever:
                     return docids, emb
         emb = self.encoder.encode_passages([doc_text(corpus[d]) for d in docids], show_progress=self.show_progress)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save_npy(path, emb)
+            atomic_write(path, lambda f: np.save(f, emb, allow_pickle=False))
         return docids, emb
 
     def index(self, corpus: Corpus) -> None:

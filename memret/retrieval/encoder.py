@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import nullcontext
-import os
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -172,11 +171,3 @@ class TextEncoder:
             emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(emb, dim=-1) if self.normalize else emb
 
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
