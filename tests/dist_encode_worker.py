@@ -14,4 +14,7 @@ dist.init_process_group("gloo", rank=rank, world_size=world)
 texts = json.loads((out / "texts.json").read_text())
 emb = TextEncoder(model, device="cpu", batch_size=4).encode(texts)
 np.save(out / f"emb{rank}.npy", emb)
+# every rank must be done with the collectives before any rank tears gloo down: destroying the
+# group while a peer is still inside all_gather_object aborts in gloo's C++ threads (std::terminate)
+dist.barrier()
 dist.destroy_process_group()

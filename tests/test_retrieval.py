@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -211,10 +212,16 @@ def test_distributed_encoding_matches_single_process(tmp_path):
     texts = [" ".join(["the memory"] * (i % 7 + 1)) for i in range(23)]
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     script = Path(__file__).with_name("dist_encode_worker.py")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    procs = [subprocess.Popen([sys.executable, str(script), model, str(tmp_path), str(r), "2"], env=env)
-             for r in range(2)]
-    assert all(p.wait(timeout=300) == 0 for p in procs)
+    with socket.socket() as s:  # a port nobody holds, rather than a guess that can collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen([sys.executable, str(script), model, str(tmp_path), str(r), "2"], env=env,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
     from memret.retrieval import TextEncoder
 
     single = TextEncoder(model, device="cpu", batch_size=4).encode(texts)
