@@ -123,10 +123,10 @@ def test_resume_after_a_task_matches_uninterrupted(tmp_path, monkeypatch):
     full = run(tiny_data(), out=tmp_path / "full", **kw)
     original = MTNMethod.learn
 
-    def crash_on_task_1(self, task, *a):
+    def crash_on_task_1(self, task, *a, **kw):
         if task == 1:
             raise KeyboardInterrupt("killed during task 1")
-        return original(self, task, *a)
+        return original(self, task, *a, **kw)
 
     monkeypatch.setattr(MTNMethod, "learn", crash_on_task_1)
     with pytest.raises(KeyboardInterrupt):

@@ -47,6 +47,13 @@ class TrainConfig:
     balanced: bool = True       # MTN: class-balanced loss over current data + memory
     fusion: str = "sum"         # "sum" | "mtn_only" | "classifier_only"
     schedule: str = "cosine"    # "cosine" | "constant" learning rate within a task
+    # ---- the encoder, when run(train_encoder=True) trains it (from scratch, or fine-tuning a checkpoint)
+    encoder_epochs: int | None = None   # default: ``epochs``
+    encoder_lr: float = 0.05            # SGD with momentum, cosine within a task (Avalanche/PyCIL CIFAR recipe)
+    encoder_momentum: float = 0.9
+    encoder_weight_decay: float = 5e-4
+    augment: bool = True                # random crop (pad 1/8 of the side) + horizontal flip
+    recalibrate_bn: bool = True         # exact batch-norm statistics for the trained weights, after each task
 
 
 def _generator(seed: int, *salt: int) -> torch.Generator:
@@ -60,19 +67,27 @@ def _seeded_init(module_fn, seed: int, *salt: int) -> nn.Module:
         return module_fn()
 
 
-def train_epochs(model_step, n: int, cfg: TrainConfig, opt: torch.optim.Optimizer, gen: torch.Generator) -> float:
+def train_epochs(model_step, n: int, cfg: TrainConfig, opt: torch.optim.Optimizer, gen: torch.Generator,
+                 lr: float | None = None, epochs: int | None = None, progress: str | None = None) -> float:
     """Plain minibatch loop: ``model_step(idx) -> loss`` on shuffled index batches; returns the last epoch's mean loss.
 
     The optimizer lives across tasks (its moments carry over, as in Avalanche's strategies); the
-    learning-rate schedule restarts each task.
+    learning-rate schedule restarts each task. ``lr``/``epochs`` override the config's; ``progress``
+    names a per-batch progress bar.
     """
+    lr, epochs = cfg.lr if lr is None else lr, cfg.epochs if epochs is None else epochs
     for group in opt.param_groups:
-        group["lr"] = cfg.lr
-    steps = cfg.epochs * max(1, -(-n // cfg.batch_size))
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine"
+        group["lr"] = lr
+    per_epoch = max(1, -(-n // cfg.batch_size))
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch) if cfg.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs * per_epoch, desc=progress, leave=False)
     last = 0.0
-    for _ in range(cfg.epochs):
+    for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
         for s in range(0, n, cfg.batch_size):
@@ -83,7 +98,11 @@ def train_epochs(model_step, n: int, cfg: TrainConfig, opt: torch.optim.Optimize
             opt.step()
             sched.step()
             total, count = total + loss.detach().item() * len(idx), count + len(idx)
+            if bar is not None:
+                bar.update()
         last = total / max(count, 1)
+    if bar is not None:
+        bar.close()
     return last
 
 
@@ -115,13 +134,27 @@ class Method:
 
     name = "base"
     uses_memory = True
+    # what a trained encoder learns from under this method: "finetune" (current task), "joint" (all seen),
+    # "replay" (current task + memory batches) or "icarl" (replay + distillation from the previous model)
+    regime = "replay"
 
     def __init__(self, feat_dim: int, n_classes: int, bank: ExemplarBank, cfg: TrainConfig, seed: int) -> None:
         self.feat_dim, self.n_classes, self.bank, self.cfg, self.seed = feat_dim, n_classes, bank, cfg, seed
         self.seen: list[int] = []
 
-    def learn(self, task: int, X: np.ndarray, y: np.ndarray, rows: np.ndarray) -> dict:
+    def learn(self, task: int, X: np.ndarray, y: np.ndarray, rows: np.ndarray, fit: bool = True) -> dict:
+        """Take in task ``task``: features ``X``, labels ``y``, dataset rows ``rows``.
+
+        ``fit=False`` when the classifier was already trained together with the encoder
+        (``run(train_encoder=True)``): the method then only updates its memory and seen classes
+        (MTN still trains its transformer on the new features).
+        """
         raise NotImplementedError
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The linear classifier trained together with the encoder, if the method has one."""
+        return None
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -143,15 +176,21 @@ class LinearMethod(Method):
 
     def __init__(self, *a, data: str, **kw) -> None:
         super().__init__(*a, **kw)
-        self.name, self.data = data, data
+        self.name, self.data, self.regime = data, data, data
         self.uses_memory = data == "replay"
         self.clf = _seeded_init(lambda: nn.Linear(self.feat_dim, self.n_classes), self.seed, 1)
         self.opt = torch.optim.AdamW(self.clf.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self._seen_X: list[np.ndarray] = []
         self._seen_y: list[np.ndarray] = []
 
-    def learn(self, task, X, y, rows):
+    @property
+    def head(self):
+        return self.clf
+
+    def learn(self, task, X, y, rows, fit=True):
         self._remember(X, y, rows)
+        if not fit:
+            return {}
         if self.data == "joint":
             self._seen_X.append(X)
             self._seen_y.append(y)
@@ -200,7 +239,7 @@ class LinearMethod(Method):
 class MemoryOnlyMethod(Method):
     """Methods that only fill the memory and predict from it (no training)."""
 
-    def learn(self, task, X, y, rows):
+    def learn(self, task, X, y, rows, fit=True):
         self._remember(X, y, rows)
         return {}
 
@@ -209,6 +248,7 @@ class NCMMethod(MemoryOnlyMethod):
     """iCaRL's classifier over a frozen encoder: herding exemplars, nearest class mean (cosine)."""
 
     name = "icarl"
+    regime = "icarl"
 
     def scores(self, X):
         cls, means = self.bank.class_means()
@@ -242,7 +282,7 @@ class MTNMethod(LinearMethod):
 
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, data="replay", **kw)
-        self.name = "mtn"
+        self.name, self.regime = "mtn", "replay"
         cfg = self.cfg
         self.mtn = _seeded_init(lambda: MemoryTransformerNetwork(
             self.feat_dim, self.n_classes, cfg.mtn_width, cfg.mtn_layers, cfg.mtn_heads,
@@ -258,7 +298,9 @@ class MTNMethod(LinearMethod):
         sims = torch.from_numpy(np.where(I >= 0, D, 0.0).astype(np.float32))
         return feats, labels, sims
 
-    def learn(self, task, X, y, rows):
+    def learn(self, task, X, y, rows, fit=True):
+        # ``fit`` is ignored: with a trained encoder the classifier already saw the task end to end, and the
+        # transformer (with the classifier, through the fused loss) still trains here on the new features
         self._remember(X, y, rows)
         old = ~np.isin(self.bank.labels, np.unique(y))
         Xt = np.concatenate([X, self.bank.features[old]])

@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from memret.incremental.backbone import FrozenFeatures, TrainedEncoder
 from memret.incremental.data import ArrayImages, LabelledData, load_dataset
 from memret.incremental.methods import METHODS, TrainConfig, make_method
 from memret.incremental.streams import Task, make_tasks
@@ -80,8 +81,8 @@ def _batches(data, rows: np.ndarray, batch: int):
 
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: str = "cpu",
-                     desc: str = "features") -> np.ndarray:
-    """(N, D) float32 features of every sample of ``data``, with a progress bar.
+                     desc: str = "features", rows: np.ndarray | None = None) -> np.ndarray:
+    """(N, D) float32 features of every sample of ``data`` (or of ``rows``, in that order), with a progress bar.
 
     Under an initialised ``torch.distributed`` group each rank encodes every
     world_size-th sample and the parts are all-gathered, so all ranks return all rows.
@@ -89,7 +90,7 @@ def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: s
     from tqdm.auto import tqdm
 
     dist = torch.distributed
-    rows = np.arange(len(data))
+    rows = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=np.int64)
     world, rank = 1, 0
     if dist.is_available() and dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
@@ -97,7 +98,7 @@ def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: s
     encoder.eval().to(device)
     parts = [encoder(x.to(device)).float().cpu().numpy()
              for x in tqdm(_batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
-                           disable=rank != 0, leave=False)]
+                           disable=rank != 0 or len(mine) < 4 * batch, leave=False)]
     out_mine = np.concatenate(parts) if parts else np.empty((0, encoder.embed_dim), np.float32)
     if world == 1:
         return out_mine.astype(np.float32)
@@ -113,8 +114,9 @@ def _build_encoder(encoder: str | torch.nn.Module, data: LabelledData, first: Ta
     if isinstance(encoder, torch.nn.Module):
         return encoder, type(encoder).__name__
     import memret.encoders as E
+    from memret.incremental.methods import _seeded_init
 
-    enc = E.create(encoder, **encoder_kw)
+    enc = _seeded_init(lambda: E.create(encoder, **encoder_kw), seed, 7)  # same seed, same initial weights
     if isinstance(enc, E.PatchKMeansEncoder):
         rng = np.random.default_rng(seed)
         rows = rng.choice(first.train_rows, size=min(len(first.train_rows), 10_000), replace=False)
@@ -151,6 +153,7 @@ def run(
     resume: bool = True,
     plot: bool = True,
     cache_dir: str | os.PathLike = "indices",
+    train_encoder: bool = False,
 ) -> RunResult:
     """Run a class-incremental experiment; see the module docstring.
 
@@ -158,7 +161,8 @@ def run(
         dataset: "cifar10", "cifar100", "imagenet1k", "digits", or a :class:`LabelledData`.
         tasks: number of tasks (equal classes per task).
         method: one of ``finetune, joint, replay, icarl, knn, mtn`` or a list of them (compared on one stream).
-        encoder: a ``memret.encoders`` name (frozen), or any module with ``embed_dim`` and ``forward -> (B, D)``.
+        encoder: a ``memret.encoders`` name, or any module with ``embed_dim`` and ``forward -> (B, D)``;
+            frozen unless ``train_encoder``.
         memory: total exemplar budget (the quota per class shrinks as classes arrive), or
         per_class: a fixed number per class (iCaRL protocol: 20). ``imagenet1k`` defaults to 20 per class.
         policy: exemplar selection (``herding``, ``random``, ``closest``, ``reservoir``).
@@ -169,6 +173,9 @@ def run(
         encoder_kw: keyword arguments of the encoder constructor (e.g. ``checkpoint=PATH``).
         resume: continue after the last checkpointed task of an identical earlier run.
         cache_dir: where encoded features are cached (keyed by data, encoder and stream).
+        train_encoder: train the encoder on the stream, end to end with each method's classifier
+            (from scratch, or fine-tuning ``encoder_kw={"checkpoint": ...}``); each method trains its own
+            copy. See :mod:`memret.incremental.backbone`. Under ``torchrun`` training is data parallel.
     """
     methods = [method] if isinstance(method, str) else list(method)
     unknown = [m for m in methods if m not in METHODS]
@@ -185,47 +192,68 @@ def run(
     stream = make_tasks(ytr, yte, tasks, seed)
     enc_name = encoder if isinstance(encoder, str) else type(encoder).__name__
     key = json.dumps([data.name, tasks, enc_name, sorted(encoder_kw.items(), key=str), memory, per_class, policy,
-                      seed, asdict(cfg)], default=str)
+                      seed, asdict(cfg)] + (["train_encoder"] if train_encoder else []), default=str)
     run_id = hashlib.sha256(key.encode()).hexdigest()[:10]
     out = Path(out or f"runs/{data.name}-{tasks}t-{run_id}")
-    out.mkdir(parents=True, exist_ok=True)
+    main = _is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     # Features depend on the data, the encoder and (for encoders fitted on the first task) the stream:
     # runs that differ only in methods, memory or training share them.
     feat_key = json.dumps([data.name, len(ytr), len(yte), enc_name, sorted(encoder_kw.items(), key=str), tasks,
                            seed], default=str)
     feat_file = Path(cache_dir) / f"features-{data.name}-{hashlib.sha256(feat_key.encode()).hexdigest()[:12]}.npz"
-    feat_file.parent.mkdir(parents=True, exist_ok=True)
-    if feat_file.is_file() and isinstance(encoder, str):
-        cached = np.load(feat_file, allow_pickle=False)
-        Ftr, Fte = cached["train"], cached["test"]
-    else:
+    if train_encoder:
         enc, enc_name = _build_encoder(encoder, data, stream[0], encoder_kw, seed)
-        t0 = time.perf_counter()
-        Ftr = extract_features(enc, data.train, device=device, desc="train features")
-        Fte = extract_features(enc, data.test, device=device, desc="test features")
-        log.info("encoded %d images in %.1fs", len(Ftr) + len(Fte), time.perf_counter() - t0)
-        atomic_write(feat_file, lambda f: np.savez(f, train=Ftr, test=Fte))
+
+        def representation():
+            return TrainedEncoder(enc, data, data.n_classes, cfg, seed, device)
+    else:
+        if feat_file.is_file() and isinstance(encoder, str):
+            cached = np.load(feat_file, allow_pickle=False)
+            Ftr, Fte = cached["train"], cached["test"]
+        else:
+            enc, enc_name = _build_encoder(encoder, data, stream[0], encoder_kw, seed)
+            t0 = time.perf_counter()
+            Ftr = extract_features(enc, data.train, device=device, desc="train features")
+            Fte = extract_features(enc, data.test, device=device, desc="test features")
+            log.info("encoded %d images in %.1fs", len(Ftr) + len(Fte), time.perf_counter() - t0)
+            if main:
+                feat_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(feat_file, lambda f: np.savez(f, train=Ftr, test=Fte))
+
+        def representation():
+            return FrozenFeatures(Ftr, Fte)
 
     budget = f"{per_class}/class" if per_class else f"{memory} total"
-    result = RunResult(data.name, tasks, data.n_classes // tasks, budget, enc_name, out=str(out))
+    result = RunResult(data.name, tasks, data.n_classes // tasks, budget,
+                       enc_name + (" (trained)" if train_encoder else " (frozen)"), out=str(out))
     # ============ methods, task by task ============
     for name in methods:
-        result.methods[name] = _run_method(name, stream, Ftr, ytr, Fte, yte, data.n_classes, memory, per_class,
-                                           policy, cfg, seed, out / "ckpt" / name, run_id, resume)
-    (out / "results.json").write_text(json.dumps(result.to_json(), indent=2, default=float))
-    if plot:
-        plot_accuracy(result, out / "accuracy.png")
+        result.methods[name] = _run_method(name, stream, representation(), ytr, yte, data.n_classes, memory,
+                                           per_class, policy, cfg, seed, out / "ckpt" / name, run_id, resume)
+    if main:
+        atomic_write(out / "results.json", lambda f: f.write(json.dumps(result.to_json(), indent=2,
+                                                                         default=float).encode()))
+        if plot:
+            plot_accuracy(result, out / "accuracy.png")
     return result
 
 
-def _run_method(name, stream, Ftr, ytr, Fte, yte, n_classes, memory, per_class, policy, cfg, seed, ckpt: Path,
+def _is_main() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _run_method(name, stream, rep, ytr, yte, n_classes, memory, per_class, policy, cfg, seed, ckpt: Path,
                 run_id: str, resume: bool) -> MethodResult:
     from tqdm.auto import tqdm
 
     T = len(stream)
-    bank = ExemplarBank(Ftr.shape[1], per_class=per_class, total=None if per_class else memory, policy=policy,
+    main = _is_main()
+    bank = ExemplarBank(rep.dim, per_class=per_class, total=None if per_class else memory, policy=policy,
                         seed=seed)
-    m = make_method(name, Ftr.shape[1], n_classes, bank, cfg, seed)
+    m = make_method(name, rep.dim, n_classes, bank, cfg, seed)
     R = np.full((T, T), np.nan)
     seen_acc, seen_top5, secs = [], [], []
     start = 0
@@ -238,21 +266,31 @@ def _run_method(name, stream, Ftr, ytr, Fte, yte, n_classes, memory, per_class, 
             seen_acc, seen_top5, secs = p["seen_acc"], p["seen_top5"], p["secs"]
             m.load_state_dict(torch.load(ckpt / "method.pt", weights_only=True))
             m.bank = bank = ExemplarBank.load(ckpt / "bank")
-    for t in tqdm(range(start, T), desc=name, initial=start, total=T, leave=False):
+            if rep.trains:
+                rep.load_state_dict(torch.load(ckpt / "encoder.pt", weights_only=True))
+    for t in tqdm(range(start, T), desc=name, initial=start, total=T, leave=False, disable=not main):
         task = stream[t]
         t0 = time.perf_counter()
-        m.learn(t, Ftr[task.train_rows], ytr[task.train_rows], task.train_rows)
+        seen_rows = np.concatenate([stream[j].train_rows for j in range(t + 1)])
+        rep.fit(m, task, seen_rows, ytr)          # trains the encoder (no-op when frozen)
+        rep.refresh(m.bank)                       # exemplars re-encoded by the updated encoder
+        m.learn(t, rep.train_features(task.train_rows), ytr[task.train_rows], task.train_rows,
+                fit=not rep.trains)
         secs.append(time.perf_counter() - t0)
         test_rows = np.concatenate([stream[j].test_rows for j in range(t + 1)])
-        top1, top5 = _evaluate(m.scores(Fte[test_rows]), yte[test_rows], m.seen, n_classes)
+        top1, top5 = _evaluate(m.scores(rep.test_features(test_rows)), yte[test_rows], m.seen, n_classes)
         owner = np.concatenate([np.full(len(stream[j].test_rows), j) for j in range(t + 1)])
         for j in range(t + 1):
             R[t, j] = float(top1[owner == j].mean())
         seen_acc.append(float(top1.mean()))
         seen_top5.append(float(top5.mean()))
         # ============ checkpoint: state first, then the progress marker that points at it ============
+        if not main:
+            continue
         ckpt.mkdir(parents=True, exist_ok=True)
         atomic_write(ckpt / "method.pt", lambda f: torch.save(m.state_dict(), f))
+        if rep.trains:
+            atomic_write(ckpt / "encoder.pt", lambda f: torch.save(rep.state_dict(), f))
         m.bank.save(ckpt / "bank")
         atomic_write(progress, lambda f: f.write(json.dumps(
             {"run_id": run_id, "done": t, "R": np.nan_to_num(R, nan=-1).tolist(), "seen_acc": seen_acc,
