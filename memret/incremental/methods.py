@@ -165,9 +165,9 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         self.seen = list(state["seen"])
 
-    def _remember(self, X, y, rows) -> None:
+    def _remember(self, X, y, rows, store: bool = True) -> None:
         self.seen += [c for c in dict.fromkeys(y.tolist()) if c not in self.seen]
-        if self.uses_memory:
+        if self.uses_memory and store:
             self.bank.update(X, y, refs=rows)
 
 
@@ -188,9 +188,18 @@ class LinearMethod(Method):
         return self.clf
 
     def learn(self, task, X, y, rows, fit=True):
-        self._remember(X, y, rows)
-        if not fit:
-            return {}
+        # The memory takes the new task in only after training (as in ER and Avalanche's ReplayPlugin):
+        # storing first would shrink the old classes' quotas before they are replayed.
+        self._remember(X, y, rows, store=False)
+        if fit:
+            out = self._fit(task, X, y)
+        else:
+            out = {}
+        if self.uses_memory:
+            self.bank.update(X, y, refs=rows)
+        return out
+
+    def _fit(self, task, X, y) -> dict:
         if self.data == "joint":
             self._seen_X.append(X)
             self._seen_y.append(y)
@@ -199,7 +208,7 @@ class LinearMethod(Method):
         mask = self._mask()
         # Experience replay (Chaudhry et al. 2019; Avalanche's ReplayDataLoader): every minibatch of new
         # data is joined by an equally large minibatch drawn from the memory's old classes.
-        old = ~np.isin(self.bank.labels, np.unique(y)) if self.data == "replay" else np.zeros(0, bool)
+        old = ~np.isin(self.bank.labels, np.unique(y)) if self.uses_memory else np.zeros(0, bool)
         mem = _MemoryBatches(self.bank.features[old], self.bank.labels[old], _generator(self.seed, 5, task))
 
         def step(idx):
@@ -272,6 +281,53 @@ class KNNMethod(MemoryOnlyMethod):
         return out.astype(np.float32)
 
 
+def retrieve(bank: ExemplarBank, X: np.ndarray, k: int, exclude: np.ndarray | None = None):
+    """MTN inputs for queries ``X``: neighbour features (B, k, D), labels (B, k; -1 = none) and similarities."""
+    D, I = bank.knn(X, k, exclude=exclude)
+    safe = np.where(I >= 0, I, 0)
+    feats = torch.from_numpy(bank.features[safe])
+    labels = torch.from_numpy(np.where(I >= 0, bank.labels[safe], -1))
+    sims = torch.from_numpy(np.where(I >= 0, D, 0.0).astype(np.float32))
+    return feats, labels, sims
+
+
+def train_mtn(mtn: MemoryTransformerNetwork, opt: torch.optim.Optimizer, bank: ExemplarBank, X: np.ndarray,
+              y: np.ndarray, refs: np.ndarray, cfg: TrainConfig, gen: torch.Generator, mask: torch.Tensor,
+              clf: nn.Module | None = None, fuse=None) -> tuple[float, int]:
+    """Train the MTN (and ``clf``, through its own and the fused loss) on the task's data plus the old exemplars.
+
+    The bank must already hold the current task's exemplars: training retrieves from the memory the
+    test will see, with leave-one-out by ``refs`` (a sample never sees itself). Returns (loss, samples).
+    """
+    old = ~np.isin(bank.labels, np.unique(y))
+    Xt = np.concatenate([X, bank.features[old]])
+    yt = np.concatenate([y, bank.labels[old]])
+    rt = np.concatenate([np.asarray(refs, dtype=bank.refs.dtype), bank.refs[old]])
+    nf, nl, ns = retrieve(bank, Xt, cfg.k, exclude=rt)  # once per task: the memory is fixed within a task
+    Xt_t, yt_t = torch.from_numpy(Xt), torch.from_numpy(yt)
+    # The current task has all its data, old classes only their exemplars: without balancing,
+    # both heads learn to favour the newest classes.
+    weight = None
+    if cfg.balanced:
+        counts = np.bincount(yt, minlength=mask.numel()).astype(np.float32)
+        weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(np.unique(yt)), 0))
+
+    def step(idx):
+        target = yt_t[idx]
+        out = mtn(Xt_t[idx], nf[idx], nl[idx], ns[idx]) + mask
+        loss = F.cross_entropy(out, target, weight=weight)
+        if clf is not None:
+            logits = clf(Xt_t[idx]) + mask
+            loss = loss + F.cross_entropy(logits, target, weight=weight) + F.cross_entropy(fuse(logits, out), target,
+                                                                                          weight=weight)
+        return loss
+
+    mtn.train()
+    if clf is not None:
+        clf.train()
+    return train_epochs(step, len(yt), cfg, opt, gen), int(len(yt))
+
+
 class MTNMethod(LinearMethod):
     """Replay classifier + Memory Transformer Network reading the k nearest exemplars.
 
@@ -291,42 +347,15 @@ class MTNMethod(LinearMethod):
                                      weight_decay=cfg.weight_decay)
 
     def _neighbours(self, X: np.ndarray, exclude: np.ndarray | None):
-        D, I = self.bank.knn(X, self.cfg.k, exclude=exclude)
-        safe = np.where(I >= 0, I, 0)
-        feats = torch.from_numpy(self.bank.features[safe])  # (B, k, D)
-        labels = torch.from_numpy(np.where(I >= 0, self.bank.labels[safe], -1))
-        sims = torch.from_numpy(np.where(I >= 0, D, 0.0).astype(np.float32))
-        return feats, labels, sims
+        return retrieve(self.bank, X, self.cfg.k, exclude)
 
     def learn(self, task, X, y, rows, fit=True):
         # ``fit`` is ignored: with a trained encoder the classifier already saw the task end to end, and the
         # transformer (with the classifier, through the fused loss) still trains here on the new features
         self._remember(X, y, rows)
-        old = ~np.isin(self.bank.labels, np.unique(y))
-        Xt = np.concatenate([X, self.bank.features[old]])
-        yt = np.concatenate([y, self.bank.labels[old]])
-        rt = np.concatenate([rows, self.bank.refs[old]])
-        # the neighbours of every training sample, retrieved once per task (the memory is fixed within a task)
-        nf, nl, ns = self._neighbours(Xt, exclude=rt)
-        Xt_t, yt_t = torch.from_numpy(Xt), torch.from_numpy(yt)
-        mask = self._mask()
-        # The current task has all its data, old classes only their exemplars: without balancing,
-        # both heads learn to favour the newest classes.
-        weight = None
-        if self.cfg.balanced:
-            counts = np.bincount(yt, minlength=self.n_classes).astype(np.float32)
-            weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(np.unique(yt)), 0))
-
-        def step(idx):
-            clf = self.clf(Xt_t[idx]) + mask
-            mtn = self.mtn(Xt_t[idx], nf[idx], nl[idx], ns[idx]) + mask
-            target = yt_t[idx]
-            return (F.cross_entropy(clf, target, weight=weight) + F.cross_entropy(mtn, target, weight=weight)
-                    + F.cross_entropy(self._fuse(clf, mtn), target, weight=weight))
-
-        self.clf.train(), self.mtn.train()
-        loss = train_epochs(step, len(yt), self.cfg, self.opt, _generator(self.seed, 4, task))
-        return {"loss": loss, "train_size": int(len(yt))}
+        loss, n = train_mtn(self.mtn, self.opt, self.bank, X, y, rows, self.cfg, _generator(self.seed, 4, task),
+                            self._mask(), clf=self.clf, fuse=self._fuse)
+        return {"loss": loss, "train_size": n}
 
     def _fuse(self, clf: torch.Tensor, mtn: torch.Tensor) -> torch.Tensor:
         if self.cfg.fusion == "mtn_only":

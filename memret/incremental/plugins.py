@@ -1,8 +1,9 @@
-"""memret's exemplar memory inside Avalanche's own strategies, as a thin ``SupervisedPlugin``.
+"""memret's exemplar memory and MTN inside Avalanche's own strategies, as thin ``SupervisedPlugin``s.
 
     from avalanche.training.supervised import Naive
     bank = memret.ExemplarBank(dim=512, total=2000)
     strategy = Naive(model, opt, loss, plugins=[ExemplarMemoryPlugin(bank, feature_fn=encode)])
+    strategy = Naive(model, opt, loss, plugins=[MTNPlugin(bank, feature_fn=encode, n_classes=100)])
 
 After each training experience the plugin offers the experience's samples to the
 bank (selected on ``feature_fn`` features: herding, random, closest or reservoir),
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from memret.incremental.methods import TrainConfig, _generator, _seeded_init, retrieve, train_mtn
 from memret.memory import ExemplarBank
 
 
@@ -56,15 +58,20 @@ class ExemplarMemoryPlugin(_plugin_base()):
         """The kept samples as one Avalanche dataset (None while the bank is empty)."""
         if len(self.bank) == 0:
             return None
-        parts = []
+        parts, grouped = [], []
         exp_ids = np.array([int(r.split(":")[0]) for r in self.bank.refs])
         idx = np.array([int(r.split(":")[1]) for r in self.bank.refs])
         for e in np.unique(exp_ids):
-            parts.append(self._datasets[int(e)].subset(idx[exp_ids == e].tolist()))
+            rows = np.flatnonzero(exp_ids == e)
+            parts.append(self._datasets[int(e)].subset(idx[rows].tolist()))
+            grouped.append(rows)
         out = parts[0]
         for p in parts[1:]:
             out = out.concat(p)
-        return out
+        # back to the bank's order: sample i of the result is bank entry i
+        position = np.empty(len(self.bank), dtype=np.int64)
+        position[np.concatenate(grouped)] = np.arange(len(self.bank))
+        return out.subset(position.tolist())
 
     def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True, **kwargs):
         from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
@@ -77,14 +84,82 @@ class ExemplarMemoryPlugin(_plugin_base()):
             batch_size=strategy.train_mb_size, batch_size_mem=self.batch_size_mem or strategy.train_mb_size,
             num_workers=num_workers, shuffle=shuffle)
 
+    def _encode(self, ds, device) -> tuple[np.ndarray, np.ndarray]:
+        feats, labels = [], []
+        for batch in torch.utils.data.DataLoader(ds, batch_size=self.encode_batch, shuffle=False):
+            feats.append(self._features(batch[0].to(device)))
+            labels.append(np.asarray(batch[1]))
+        return np.concatenate(feats), np.concatenate(labels).astype(np.int64)
+
     def after_training_exp(self, strategy, **kwargs):
         exp = strategy.experience
         ds = exp.dataset.eval()
         self._datasets[exp.current_experience] = ds
-        feats, labels = [], []
-        loader = torch.utils.data.DataLoader(ds, batch_size=self.encode_batch, shuffle=False)
-        for batch in loader:
-            feats.append(self._features(batch[0].to(strategy.device)))
-            labels.append(np.asarray(batch[1]))
-        refs = [f"{exp.current_experience}:{i}" for i in range(len(ds))]
-        self.bank.update(np.concatenate(feats), np.concatenate(labels).astype(np.int64), refs=refs)
+        X, y = self._encode(ds, strategy.device)
+        refs = np.array([f"{exp.current_experience}:{i}" for i in range(len(ds))])
+        if len(self.bank) and self.feature_fn is not None:  # the model moved: re-encode the kept samples
+            self.bank.replace_features(self._encode(self.memory_dataset().eval(), strategy.device)[0])
+        self.bank.update(X, y, refs=refs)
+        self._last = (X, y, refs)
+
+
+class MTNPlugin(ExemplarMemoryPlugin):
+    """Replay from the bank and a Memory Transformer Network over it, inside any Avalanche strategy.
+
+    After each training experience the bank is refreshed (kept samples re-encoded with the
+    current ``feature_fn``, the new experience offered to it), then the MTN trains on the
+    experience's features plus the old exemplars, retrieving k neighbours with leave-one-out,
+    as in ``memret.incremental.run(method="mtn")``. At evaluation the MTN's logits for the
+    minibatch are added to the model's (``strategy.mb_output``), so Avalanche's own metrics
+    score the fused prediction.
+
+    Args:
+        bank: the memory.
+        feature_fn: ``(B, ...) tensor -> (B, bank.dim)`` features (e.g. the model without its head).
+        n_classes: the label space of the whole stream.
+        config: MTN size, k, epochs, lr (a :class:`~memret.incremental.TrainConfig`).
+        seed: MTN initialisation and shuffles.
+        replay: also replay the memory during the strategy's training (ExemplarMemoryPlugin's behaviour).
+    """
+
+    def __init__(self, bank: ExemplarBank, feature_fn: Callable[[torch.Tensor], np.ndarray] | None, n_classes: int,
+                 config: TrainConfig | None = None, seed: int = 0, replay: bool = True, **kw) -> None:
+        super().__init__(bank, feature_fn, **kw)
+        from memret.aggregator import MemoryTransformerNetwork
+
+        self.cfg, self.seed, self.replay, self.n_classes = config or TrainConfig(), seed, replay, n_classes
+        c = self.cfg
+        self.mtn = _seeded_init(lambda: MemoryTransformerNetwork(bank.dim, n_classes, c.mtn_width, c.mtn_layers,
+                                                                 c.mtn_heads, dropout=c.mtn_dropout), seed, 3)
+        self.opt = torch.optim.AdamW(self.mtn.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self._trained = False
+
+    def before_training_exp(self, strategy, **kwargs):
+        if self.replay:
+            super().before_training_exp(strategy, **kwargs)
+
+    def after_training_exp(self, strategy, **kwargs):
+        super().after_training_exp(strategy, **kwargs)
+        X, y, refs = self._last
+        mask = torch.full((self.n_classes,), float("-inf"))
+        mask[self.bank.classes] = 0.0
+        train_mtn(self.mtn, self.opt, self.bank, X, y, refs, self.cfg,
+                  _generator(self.seed, 8, strategy.experience.current_experience), mask)
+        self.mtn.eval()
+        self._trained = True
+
+    @torch.no_grad()
+    def mtn_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n_classes) MTN logits for raw inputs ``x`` (through ``feature_fn``)."""
+        q = self._features(x)
+        nf, nl, ns = retrieve(self.bank, q, self.cfg.k)
+        self.mtn.eval()
+        return self.mtn(torch.from_numpy(q), nf, nl, ns)
+
+    def after_eval_forward(self, strategy, **kwargs):
+        if not self._trained or len(self.bank) == 0:
+            return
+        out = strategy.mb_output
+        extra = self.mtn_logits(strategy.mb_x).to(out.device, out.dtype)
+        n = min(out.shape[1], extra.shape[1])
+        strategy.mb_output = torch.cat([out[:, :n] + extra[:, :n], out[:, n:]], dim=1)
