@@ -1,7 +1,7 @@
 """Split CIFAR-10 (5 tasks x 2 classes): every method at memory 200 and 2,000, then an MTN ablation.
 
     python experiments/cifar10_cl.py --data ../shared/data/cifar10            # the comparison
-    python experiments/cifar10_cl.py --data ../shared/data/cifar10 --ablation # + MTN k and depth
+    python experiments/cifar10_cl.py --data ../shared/data/cifar10 --ablation # + MTN k (5, 20) and depth (1, 4)
 
 Encoder: memret's k-means patch encoder (Coates & Ng 2011; 400 centroids, 1,600-d),
 fitted without labels on the first task's images only and frozen: no outside
@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--memories", type=int, nargs="+", default=[200, 2000])
     ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--ablation-points", nargs="+", default=["5,2", "10,1", "20,2", "10,4"],
+                    help="k,layers pairs run besides the main run's MTN (one axis at a time around k=10, 2 layers)")
     ap.add_argument("--out", default="runs/cifar10")
     args = ap.parse_args()
     out = Path(args.out)
@@ -51,7 +53,7 @@ def main() -> None:
             report["ablation"][f"k={cfg.k},layers={cfg.mtn_layers}"] = base
             print(f"k={cfg.k:<3} layers={cfg.mtn_layers}: {100 * base['last_accuracy']:.2f} "
                   f"({100 * base['average_incremental_accuracy']:.2f})  [main run]", flush=True)
-        for k, layers in ((5, 2), (10, 1)):  # one axis at a time around the default (k=10, 2 layers)
+        for k, layers in (tuple(int(v) for v in p.split(",")) for p in args.ablation_points):
             c = replace(cfg, k=k, mtn_layers=layers)
             res = inc.run("cifar10", tasks=5, root=args.data, method="mtn", memory=2000,
                           encoder="kmeans_patches", config=c, out=out / f"ablation-k{k}-l{layers}", plot=False)

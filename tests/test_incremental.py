@@ -163,3 +163,25 @@ def test_imagenet1k_entry_point_on_a_generated_folder_tree(tmp_path):
     assert res.memory == "20/class"  # the iCaRL ImageNet protocol
     assert res.dataset == "imagenet1k" and res.classes_per_task == 2
     assert res.methods["icarl"].summary["last_accuracy"] > 0.25
+
+
+def test_replay_draws_from_the_whole_old_memory_then_stores_the_task(monkeypatch):
+    """ER order (Avalanche's ReplayPlugin too): train with the full old memory, then make room for the new task."""
+    import memret.incremental.methods as M
+
+    sizes = []
+    original = M._MemoryBatches.__init__
+
+    def spy(self, X, y, gen):
+        sizes.append(len(y))
+        original(self, X, y, gen)
+
+    monkeypatch.setattr(M._MemoryBatches, "__init__", spy)
+    X, y = blobs(40, 6, seed=1)
+    tasks = make_tasks(y, y, 3)
+    bank = ExemplarBank(X.shape[1], total=60, seed=0)
+    m = make_method("replay", X.shape[1], 6, bank, FAST, seed=0)
+    for t in tasks:
+        m.learn(t.index, X[t.train_rows], y[t.train_rows], t.train_rows)
+        assert set(bank.classes.tolist()) == set(m.seen)
+    assert sizes == [0, 60, 60]  # not [0, 30, 40]: the old classes keep their quota while replayed

@@ -6,9 +6,10 @@
 Steps: load the data set; build the stream with Avalanche (iCaRL class order from
 ``seed``, equal classes per task); encode every image once with the frozen
 encoder (``kmeans_patches`` is fitted on the first task's images only; any
-``memret.encoders`` name with ``checkpoint=`` loads weights); then, for each
-method, learn task by task with an :class:`~memret.ExemplarBank`, evaluating
-on all classes seen after each task. Writes ``<out>/results.json``,
+``memret.encoders`` name with ``checkpoint=`` loads weights), or, with
+``train_encoder=True``, train the encoder on the stream task by task
+(:mod:`memret.incremental.backbone`); then, for each method, learn task by task
+with an :class:`~memret.ExemplarBank`, evaluating on all classes seen after each task. Writes ``<out>/results.json``,
 ``<out>/accuracy.png`` and per-task checkpoints; rerunning with the same
 arguments resumes after the last finished task.
 """
