@@ -141,3 +141,21 @@ def test_cli_under_torchrun_two_ranks(tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["encoder"] == "resnet32_cifar (trained)"
     assert saved["methods"]["icarl"]["summary"]["last_accuracy"] == pytest.approx(summary["icarl"]["last_accuracy"])
+
+
+def test_fine_tuning_starts_from_the_checkpoint(tmp_path):
+    from dataclasses import replace
+
+    import memret.encoders as E
+    from memret.encoders.cnn import CifarResNet
+
+    torch.manual_seed(123)
+    torch.save(CifarResNet(n=5).state_dict(), tmp_path / "weights.pt")
+    run(tiny_data(), tasks=2, method="knn", encoder="resnet32_cifar",
+        encoder_kw={"checkpoint": str(tmp_path / "weights.pt")}, memory=16, config=replace(CFG, encoder_epochs=0), out=tmp_path / "r", train_encoder=True, plot=False)
+    trained = torch.load(tmp_path / "r" / "ckpt" / "knn" / "encoder.pt", weights_only=True)["encoder"]
+    loaded = E.create("resnet32_cifar", checkpoint=tmp_path / "weights.pt").state_dict()
+    weights = [k for k in loaded if k.endswith("weight")]
+    assert weights and all(torch.equal(trained[k], loaded[k]) for k in weights)  # zero steps: still the checkpoint
+    seeded = E.create("resnet32_cifar").state_dict()
+    assert not all(torch.equal(seeded[k], loaded[k]) for k in weights)
