@@ -293,16 +293,21 @@ def retrieve(bank: ExemplarBank, X: np.ndarray, k: int, exclude: np.ndarray | No
 
 def train_mtn(mtn: MemoryTransformerNetwork, opt: torch.optim.Optimizer, bank: ExemplarBank, X: np.ndarray,
               y: np.ndarray, refs: np.ndarray, cfg: TrainConfig, gen: torch.Generator, mask: torch.Tensor,
-              clf: nn.Module | None = None, fuse=None) -> tuple[float, int]:
-    """Train the MTN (and ``clf``, through its own and the fused loss) on the task's data plus the old exemplars.
+              clf: nn.Module | None = None, fuse=None,
+              replay: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[float, int]:
+    """Train the MTN (and ``clf``, through its own and the fused loss) on the task's data plus old exemplars.
 
     The bank must already hold the current task's exemplars: training retrieves from the memory the
-    test will see, with leave-one-out by ``refs`` (a sample never sees itself). Returns (loss, samples).
+    test will see, with leave-one-out by ``refs`` (a sample never sees itself). The old exemplars
+    trained on are ``replay`` (features, labels, refs: the memory as it was before this task, at the
+    old classes' full quotas, as replay uses it) or, by default, the bank's old classes. Returns (loss, samples).
     """
-    old = ~np.isin(bank.labels, np.unique(y))
-    Xt = np.concatenate([X, bank.features[old]])
-    yt = np.concatenate([y, bank.labels[old]])
-    rt = np.concatenate([np.asarray(refs, dtype=bank.refs.dtype), bank.refs[old]])
+    if replay is None:
+        old = ~np.isin(bank.labels, np.unique(y))
+        replay = (bank.features[old], bank.labels[old], bank.refs[old])
+    Xt = np.concatenate([X, replay[0]])
+    yt = np.concatenate([y, replay[1]])
+    rt = np.concatenate([np.asarray(refs, dtype=bank.refs.dtype), np.asarray(replay[2], dtype=bank.refs.dtype)])
     nf, nl, ns = retrieve(bank, Xt, cfg.k, exclude=rt)  # once per task: the memory is fixed within a task
     Xt_t, yt_t = torch.from_numpy(Xt), torch.from_numpy(yt)
     # The current task has all its data, old classes only their exemplars: without balancing,
@@ -352,9 +357,12 @@ class MTNMethod(LinearMethod):
     def learn(self, task, X, y, rows, fit=True):
         # ``fit`` is ignored: with a trained encoder the classifier already saw the task end to end, and the
         # transformer (with the classifier, through the fused loss) still trains here on the new features
+        # Replay the memory as it stood before this task (old classes at their full quotas, as replay does),
+        # but retrieve from the memory after it took the task in (the memory the test will see).
+        before = (self.bank.features.copy(), self.bank.labels.copy(), self.bank.refs.copy())
         self._remember(X, y, rows)
         loss, n = train_mtn(self.mtn, self.opt, self.bank, X, y, rows, self.cfg, _generator(self.seed, 4, task),
-                            self._mask(), clf=self.clf, fuse=self._fuse)
+                            self._mask(), clf=self.clf, fuse=self._fuse, replay=before)
         return {"loss": loss, "train_size": n}
 
     def _fuse(self, clf: torch.Tensor, mtn: torch.Tensor) -> torch.Tensor:
