@@ -18,21 +18,14 @@ from memret import ExemplarBank  # noqa: E402
 from memret.incremental import TrainConfig, run  # noqa: E402
 from memret.incremental.backbone import augment, augment_params  # noqa: E402
 from memret.incremental.data import ArrayImages, LabelledData  # noqa: E402
+from test_incremental import _tiny_images  # noqa: E402  (colour-blob images, one colour per class)
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(epochs=4, batch_size=32, mtn_width=32, mtn_layers=1, mtn_heads=2, k=5, encoder_lr=0.01)
 
 
-def _images(n_per, n_classes, seed):
-    g = np.random.default_rng(seed)
-    colors = np.random.default_rng(5).integers(0, 255, size=(n_classes, 3))
-    y = np.repeat(np.arange(n_classes), n_per)
-    img = np.clip(colors[y][:, None, None, :] + g.normal(0, 20, (len(y), 32, 32, 3)), 0, 255).astype(np.uint8)
-    return img, y
-
-
 def tiny_data():
-    (xtr, ytr), (xte, yte) = _images(24, 4, 0), _images(8, 4, 1)
+    (xtr, ytr), (xte, yte) = _tiny_images(24, 4, 0), _tiny_images(8, 4, 1)
     return LabelledData("tiny", ArrayImages(xtr, ytr), ArrayImages(xte, yte), 4, 32)
 
 
