@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memret.incremental.methods import Method, TrainConfig, _generator, train_epochs
+from memret.incremental.methods import Method, TrainConfig, _generator, _MemoryBatches, _seeded_init, train_epochs
 
 
 def _world() -> tuple[int, int]:
@@ -99,10 +99,12 @@ def train_backbone(model: Backbone, images, rows: np.ndarray, y: np.ndarray, mem
     n_classes = model.head.out_features
     mask = torch.full((n_classes,), float("-inf"), device=device)
     mask[seen] = 0.0
-    yt, mem_yt = torch.from_numpy(np.asarray(y)), torch.from_numpy(np.asarray(mem_y))
+    yt = torch.from_numpy(np.asarray(y))
     use_mem = regime in ("replay", "icarl") and len(mem_rows) > 0
-    mem_gen, aug_gen = _generator(seed, 11, task), _generator(seed, 12, task)
-    mem_order, mem_pos = torch.empty(0, dtype=torch.long), 0
+    # an equally large memory batch per step, cycling through seeded permutations (Avalanche's ER)
+    mem = _MemoryBatches(np.asarray(mem_rows, dtype=np.int64), np.asarray(mem_y, dtype=np.int64),
+                         _generator(seed, 11, task))
+    aug_gen = _generator(seed, 12, task)
     size = fetch(images, rows[:1]).shape[-1]
     opt = torch.optim.SGD(model.parameters(), lr=cfg.encoder_lr, momentum=cfg.encoder_momentum,
                           weight_decay=cfg.encoder_weight_decay)
@@ -110,19 +112,10 @@ def train_backbone(model: Backbone, images, rows: np.ndarray, y: np.ndarray, mem
         old_model.to(device).eval()
 
     def step(idx: torch.Tensor) -> torch.Tensor:
-        nonlocal mem_order, mem_pos
         b_rows, b_y = rows[idx.numpy()], yt[idx]
-        if use_mem:  # an equally large memory batch, cycling through seeded permutations (Avalanche's ER)
-            take = []
-            need = len(idx)
-            while need > 0:
-                if mem_pos >= len(mem_order):
-                    mem_order, mem_pos = torch.randperm(len(mem_rows), generator=mem_gen), 0
-                part = mem_order[mem_pos:mem_pos + need]
-                mem_pos, need = mem_pos + len(part), need - len(part)
-                take.append(part)
-            m = torch.cat(take)
-            b_rows, b_y = np.concatenate([b_rows, mem_rows[m.numpy()]]), torch.cat([b_y, mem_yt[m]])
+        if use_mem:
+            m_rows, m_y = mem.next(len(idx))
+            b_rows, b_y = np.concatenate([b_rows, m_rows.numpy()]), torch.cat([b_y, m_y])
         # every rank draws the whole batch's randomness, then keeps its share
         offsets, flips = augment_params(len(b_rows), size, aug_gen)
         share = slice(rank, None, world)
@@ -223,8 +216,6 @@ class TrainedEncoder:
         if method.head is not None:
             return method.head
         if self.aux is None:
-            from memret.incremental.methods import _seeded_init
-
             self.aux = _seeded_init(lambda: nn.Linear(self.dim, self.n_classes), self.seed, 6)
         return self.aux
 
