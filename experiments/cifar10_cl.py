@@ -2,6 +2,7 @@
 
     python experiments/cifar10_cl.py --data ../shared/data/cifar10            # the comparison
     python experiments/cifar10_cl.py --data ../shared/data/cifar10 --ablation # + MTN k (5, 20) and depth (1, 4)
+    python experiments/cifar10_cl.py --seed 1 --init-seed 0 --out runs/cifar10-order1  # another class order
 
 Encoder: memret's k-means patch encoder (Coates & Ng 2011; 400 centroids, 1,600-d),
 fitted without labels on the first task's images only and frozen: no outside
@@ -31,16 +32,19 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true")
     ap.add_argument("--ablation-points", nargs="+", default=["5,2", "10,1", "20,2", "10,4"],
                     help="k,layers pairs run besides the main run's MTN (one axis at a time around k=10, 2 layers)")
+    ap.add_argument("--seed", type=int, default=1993, help="class order (iCaRL's 1993)")
+    ap.add_argument("--init-seed", type=int, default=None, help="initialisation and shuffles (default: --seed)")
     ap.add_argument("--out", default="runs/cifar10")
     args = ap.parse_args()
+    seeds = {"seed": args.seed, "init_seed": args.init_seed}
     out = Path(args.out)
     cfg = inc.TrainConfig(epochs=args.epochs)
-    report: dict = {"config": cfg.__dict__, "runs": {}, "ablation": {}}
+    report: dict = {"config": cfg.__dict__, **seeds, "runs": {}, "ablation": {}}
     t_all = time.perf_counter()
     for mem in args.memories:
         t0 = time.perf_counter()
         res = inc.run("cifar10", tasks=5, root=args.data, method=METHODS, memory=mem, encoder="kmeans_patches",
-                      config=cfg, out=out / f"m{mem}")
+                      config=cfg, out=out / f"m{mem}", **seeds)
         report["runs"][mem] = {m: {**r.summary, "s_per_task": sum(r.task_seconds) / len(r.task_seconds)}
                                for m, r in res.methods.items()}
         print(f"\n== CIFAR-10, 5 tasks, memory {mem}, k-means patch encoder (frozen), "
@@ -56,7 +60,8 @@ def main() -> None:
         for k, layers in (tuple(int(v) for v in p.split(",")) for p in args.ablation_points):
             c = replace(cfg, k=k, mtn_layers=layers)
             res = inc.run("cifar10", tasks=5, root=args.data, method="mtn", memory=2000,
-                          encoder="kmeans_patches", config=c, out=out / f"ablation-k{k}-l{layers}", plot=False)
+                          encoder="kmeans_patches", config=c, out=out / f"ablation-k{k}-l{layers}", plot=False,
+                          **seeds)
             s = res.methods["mtn"].summary
             report["ablation"][f"k={k},layers={layers}"] = s
             print(f"k={k:<3} layers={layers}: {100 * s['last_accuracy']:.2f} "

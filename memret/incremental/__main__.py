@@ -19,7 +19,8 @@ import os
 import sys
 from dataclasses import fields
 
-from memret.incremental.methods import METHODS, TrainConfig
+from memret.incremental.methods import METHODS
+from memret.incremental.training import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory", type=int, default=2000, help="total exemplar budget")
     ap.add_argument("--per-class", type=int, default=None, help="fixed exemplars per class instead of --memory")
     ap.add_argument("--policy", default="herding")
-    ap.add_argument("--seed", type=int, default=1993)
+    ap.add_argument("--seed", type=int, default=1993, help="class order (iCaRL's 1993)")
+    ap.add_argument("--init-seed", type=int, default=None,
+                    help="initialisation and shuffles (default: --seed, as before the two were separate)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: the rank's local GPU)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-resume", action="store_true")
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     res = run(args.dataset, tasks=args.tasks, method=args.method, encoder=args.encoder,
               memory=None if args.per_class else args.memory, per_class=args.per_class, policy=args.policy,
-              seed=args.seed, root=args.root, out=args.out, config=cfg, device=device,
+              seed=args.seed, init_seed=args.init_seed, root=args.root, out=args.out, config=cfg, device=device,
               encoder_kw={"checkpoint": args.checkpoint} if args.checkpoint else None,
               resume=not args.no_resume, train_encoder=args.train_encoder)
     if not dist.is_initialized() or dist.get_rank() == 0:

@@ -30,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memret.incremental.methods import Method, TrainConfig, _generator, _MemoryBatches, _seeded_init, train_epochs
+from memret.incremental.features import extract_features
+from memret.incremental.methods import Method
+from memret.incremental.training import MemoryBatches, TrainConfig, generator, seeded_init, train_epochs
 
 
 def _world() -> tuple[int, int]:
@@ -102,9 +104,9 @@ def train_backbone(model: Backbone, images, rows: np.ndarray, y: np.ndarray, mem
     yt = torch.from_numpy(np.asarray(y))
     use_mem = regime in ("replay", "icarl") and len(mem_rows) > 0
     # an equally large memory batch per step, cycling through seeded permutations (Avalanche's ER)
-    mem = _MemoryBatches(np.asarray(mem_rows, dtype=np.int64), np.asarray(mem_y, dtype=np.int64),
-                         _generator(seed, 11, task))
-    aug_gen = _generator(seed, 12, task)
+    mem = MemoryBatches(np.asarray(mem_rows, dtype=np.int64), np.asarray(mem_y, dtype=np.int64),
+                         generator(seed, 11, task))
+    aug_gen = generator(seed, 12, task)
     size = fetch(images, rows[:1]).shape[-1]
     opt = torch.optim.SGD(model.parameters(), lr=cfg.encoder_lr, momentum=cfg.encoder_momentum,
                           weight_decay=cfg.encoder_weight_decay)
@@ -136,7 +138,7 @@ def train_backbone(model: Backbone, images, rows: np.ndarray, y: np.ndarray, mem
 
     n = len(rows)
     epochs = cfg.encoder_epochs if cfg.encoder_epochs is not None else cfg.epochs
-    loss = train_epochs(step, n, cfg, opt, _generator(seed, 10, task), lr=cfg.encoder_lr, epochs=epochs,
+    loss = train_epochs(step, n, cfg, opt, generator(seed, 10, task), lr=cfg.encoder_lr, epochs=epochs,
                         progress=f"task {task} encoder" if progress and rank == 0 else None)
     if cfg.recalibrate_bn:
         recalibrate_bn(model.encoder, images, np.concatenate([rows, mem_rows]) if use_mem else rows,
@@ -216,7 +218,7 @@ class TrainedEncoder:
         if method.head is not None:
             return method.head
         if self.aux is None:
-            self.aux = _seeded_init(lambda: nn.Linear(self.dim, self.n_classes), self.seed, 6)
+            self.aux = seeded_init(lambda: nn.Linear(self.dim, self.n_classes), self.seed, 6)
         return self.aux
 
     def fit(self, method: Method, task, seen_rows: np.ndarray, ytr: np.ndarray) -> None:
@@ -234,8 +236,6 @@ class TrainedEncoder:
                                         self.seed, task.index, regime, old_model, list(method.seen), self.device)
 
     def _encode(self, data, rows: np.ndarray) -> np.ndarray:
-        from memret.incremental.run import extract_features
-
         return extract_features(self.encoder, data, device=self.device, rows=np.asarray(rows, dtype=np.int64))
 
     def train_features(self, rows: np.ndarray) -> np.ndarray:

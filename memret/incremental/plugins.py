@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from memret.incremental.methods import TrainConfig, _generator, _seeded_init, retrieve, train_mtn
+from memret.incremental.mtn import mtn_scores, train_mtn
+from memret.incremental.training import TrainConfig, generator, seeded_init
 from memret.memory import ExemplarBank
 
 
@@ -129,7 +130,7 @@ class MTNPlugin(ExemplarMemoryPlugin):
 
         self.cfg, self.seed, self.replay, self.n_classes = config or TrainConfig(), seed, replay, n_classes
         c = self.cfg
-        self.mtn = _seeded_init(lambda: MemoryTransformerNetwork(bank.dim, n_classes, c.mtn_width, c.mtn_layers,
+        self.mtn = seeded_init(lambda: MemoryTransformerNetwork(bank.dim, n_classes, c.mtn_width, c.mtn_layers,
                                                                  c.mtn_heads, dropout=c.mtn_dropout), seed, 3)
         self.opt = torch.optim.AdamW(self.mtn.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self._trained = False
@@ -144,17 +145,14 @@ class MTNPlugin(ExemplarMemoryPlugin):
         mask = torch.full((self.n_classes,), float("-inf"))
         mask[self.bank.classes] = 0.0
         train_mtn(self.mtn, self.opt, self.bank, X, y, refs, self.cfg,
-                  _generator(self.seed, 8, strategy.experience.current_experience), mask)
+                  generator(self.seed, 8, strategy.experience.current_experience), mask)
         self.mtn.eval()
         self._trained = True
 
     @torch.no_grad()
     def mtn_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_classes) MTN logits for raw inputs ``x`` (through ``feature_fn``)."""
-        q = self._features(x)
-        nf, nl, ns = retrieve(self.bank, q, self.cfg.k)
-        self.mtn.eval()
-        return self.mtn(torch.from_numpy(q), nf, nl, ns)
+        return torch.from_numpy(mtn_scores(self.mtn, self.bank, self._features(x), self.cfg.k))
 
     def after_eval_forward(self, strategy, **kwargs):
         if not self._trained or len(self.bank) == 0:

@@ -4,8 +4,8 @@
     res = memret.incremental.run("imagenet1k", tasks=10, root="/data/imagenet")   # 100 classes a task, 20/class
 
 Steps: load the data set; build the stream with Avalanche (iCaRL class order from
-``seed``, equal classes per task); encode every image once with the frozen
-encoder (``kmeans_patches`` is fitted on the first task's images only; any
+``seed``, equal classes per task; initialisations and shuffles come from ``init_seed``);
+encode every image once with the frozen encoder (``kmeans_patches`` is fitted on the first task's images only; any
 ``memret.encoders`` name with ``checkpoint=`` loads weights), or, with
 ``train_encoder=True``, train the encoder on the stream task by task
 (:mod:`memret.incremental.backbone`); then, for each method, learn task by task
@@ -29,14 +29,17 @@ import numpy as np
 import torch
 
 from memret.incremental.backbone import FrozenFeatures, TrainedEncoder
-from memret.incremental.data import ArrayImages, LabelledData, load_dataset
-from memret.incremental.methods import METHODS, TrainConfig, make_method
-from memret.incremental.streams import Task, make_tasks
+from memret.incremental.data import LabelledData, load_dataset
+from memret.incremental.features import build_encoder, extract_features
+from memret.incremental.methods import METHODS, make_method
+from memret.incremental.streams import make_tasks
+from memret.incremental.training import TrainConfig
 from memret.memory import ExemplarBank
 from memret.metrics import summarize
 from memret.persist import atomic_write
 
 log = logging.getLogger(__name__)
+__all__ = ["MethodResult", "RunResult", "extract_features", "plot_accuracy", "run"]
 
 
 @dataclass
@@ -57,6 +60,9 @@ class RunResult:
     encoder: str
     methods: dict[str, MethodResult] = field(default_factory=dict)
     out: str = ""
+    class_order: list[int] = field(default_factory=list)   # the stream's classes, task by task (from ``seed``)
+    seed: int | None = None                                # class order
+    init_seed: int | None = None                           # initialisation and shuffles
 
     def table(self) -> str:
         rows = [f"{'method':<10}{'avg inc acc':>12}{'last acc':>10}{'forgetting':>12}{'BWT':>8}{'s/task':>8}"]
@@ -68,62 +74,6 @@ class RunResult:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-# ============ encoding ============
-def _batches(data, rows: np.ndarray, batch: int):
-    for s in range(0, len(rows), batch):
-        idx = rows[s:s + batch]
-        if isinstance(data, ArrayImages):
-            yield data.batch(idx)
-        else:
-            yield torch.stack([data[int(i)][0] for i in idx])
-
-
-@torch.no_grad()
-def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: str = "cpu",
-                     desc: str = "features", rows: np.ndarray | None = None) -> np.ndarray:
-    """(N, D) float32 features of every sample of ``data`` (or of ``rows``, in that order), with a progress bar.
-
-    Under an initialised ``torch.distributed`` group each rank encodes every
-    world_size-th sample and the parts are all-gathered, so all ranks return all rows.
-    """
-    from tqdm.auto import tqdm
-
-    dist = torch.distributed
-    rows = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=np.int64)
-    world, rank = 1, 0
-    if dist.is_available() and dist.is_initialized():
-        world, rank = dist.get_world_size(), dist.get_rank()
-    mine = rows[rank::world]
-    encoder.eval().to(device)
-    parts = [encoder(x.to(device)).float().cpu().numpy()
-             for x in tqdm(_batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
-                           disable=rank != 0 or len(mine) < 4 * batch, leave=False)]
-    out_mine = np.concatenate(parts) if parts else np.empty((0, encoder.embed_dim), np.float32)
-    if world == 1:
-        return out_mine.astype(np.float32)
-    gathered = [None] * world
-    dist.all_gather_object(gathered, out_mine)
-    out = np.empty((len(rows), out_mine.shape[1]), np.float32)
-    for r, part in enumerate(gathered):
-        out[r::world] = part
-    return out
-
-
-def _build_encoder(encoder: str | torch.nn.Module, data: LabelledData, first: Task, encoder_kw: dict, seed: int):
-    if isinstance(encoder, torch.nn.Module):
-        return encoder, type(encoder).__name__
-    import memret.encoders as E
-    from memret.incremental.methods import _seeded_init
-
-    enc = _seeded_init(lambda: E.create(encoder, **encoder_kw), seed, 7)  # same seed, same initial weights
-    if isinstance(enc, E.PatchKMeansEncoder):
-        rng = np.random.default_rng(seed)
-        rows = rng.choice(first.train_rows, size=min(len(first.train_rows), 10_000), replace=False)
-        imgs = torch.cat(list(_batches(data.train, np.sort(rows), 512)))
-        enc.fit(imgs, seed=seed)
-    return enc, encoder
 
 
 # ============ evaluation and checkpoints ============
@@ -146,6 +96,7 @@ def run(
     per_class: int | None = None,
     policy: str = "herding",
     seed: int = 1993,
+    init_seed: int | None = None,
     root: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     config: TrainConfig | None = None,
@@ -167,13 +118,17 @@ def run(
         memory: total exemplar budget (the quota per class shrinks as classes arrive), or
         per_class: a fixed number per class (iCaRL protocol: 20). ``imagenet1k`` defaults to 20 per class.
         policy: exemplar selection (``herding``, ``random``, ``closest``, ``reservoir``).
-        seed: class order (iCaRL's 1993) and every initialisation and shuffle.
+        seed: the class order, ``np.random.RandomState(seed).permutation(n_classes)`` (iCaRL's 1993).
+        init_seed: every initialisation and shuffle (encoder weights, the k-means fit, heads, MTN,
+            minibatch order, random exemplar selection); default ``seed``, which reproduces the runs made
+            before the two were separate. Rerun one class order with several ``init_seed`` for error bars.
         root: data folder (see :mod:`memret.incremental.data`).
         out: run folder (default ``runs/<dataset>-<tasks>t-<hash>``).
         config: training knobs (:class:`TrainConfig`).
         encoder_kw: keyword arguments of the encoder constructor (e.g. ``checkpoint=PATH``).
         resume: continue after the last checkpointed task of an identical earlier run.
-        cache_dir: where encoded features are cached (keyed by data, encoder and stream).
+        cache_dir: where encoded features are cached (keyed by the data's content or files,
+            :meth:`LabelledData.fingerprint`, the encoder, the stream and ``init_seed``).
         train_encoder: train the encoder on the stream, end to end with each method's classifier
             (from scratch, or fine-tuning ``encoder_kw={"checkpoint": ...}``); each method trains its own
             copy. See :mod:`memret.incremental.backbone`. Under ``torchrun`` training is data parallel.
@@ -186,35 +141,39 @@ def run(
         memory, per_class = None, 20
     cfg = config or TrainConfig()
     encoder_kw = dict(encoder_kw or {})
+    init_seed = seed if init_seed is None else int(init_seed)
 
     # ============ data, stream, features ============
     data = load_dataset(dataset, root)
     ytr, yte = np.asarray(data.train.targets), np.asarray(data.test.targets)
     stream = make_tasks(ytr, yte, tasks, seed)
     enc_name = encoder if isinstance(encoder, str) else type(encoder).__name__
-    key = json.dumps([data.name, tasks, enc_name, sorted(encoder_kw.items(), key=str), memory, per_class, policy,
-                      seed, asdict(cfg)] + (["train_encoder"] if train_encoder else []), default=str)
+    # where the data came from, not just its name: two data sets called "tiny" never share features or runs
+    fingerprint = data.fingerprint()
+    key = json.dumps([data.name, fingerprint, tasks, enc_name, sorted(encoder_kw.items(), key=str), memory,
+                      per_class, policy, seed, init_seed, asdict(cfg)] + (["train_encoder"] if train_encoder else []),
+                     default=str)
     run_id = hashlib.sha256(key.encode()).hexdigest()[:10]
     out = Path(out or f"runs/{data.name}-{tasks}t-{run_id}")
     main = _is_main()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    # Features depend on the data, the encoder and (for encoders fitted on the first task) the stream:
-    # runs that differ only in methods, memory or training share them.
-    feat_key = json.dumps([data.name, len(ytr), len(yte), enc_name, sorted(encoder_kw.items(), key=str), tasks,
-                           seed], default=str)
+    # Features depend on the data, the encoder, its seeded init and (for encoders fitted on the first task)
+    # the stream: runs that differ only in methods, memory or training share them.
+    feat_key = json.dumps([data.name, fingerprint, len(ytr), len(yte), enc_name,
+                           sorted(encoder_kw.items(), key=str), tasks, seed, init_seed], default=str)
     feat_file = Path(cache_dir) / f"features-{data.name}-{hashlib.sha256(feat_key.encode()).hexdigest()[:12]}.npz"
     if train_encoder:
-        enc, enc_name = _build_encoder(encoder, data, stream[0], encoder_kw, seed)
+        enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
 
         def representation():
-            return TrainedEncoder(enc, data, data.n_classes, cfg, seed, device)
+            return TrainedEncoder(enc, data, data.n_classes, cfg, init_seed, device)
     else:
         if feat_file.is_file() and isinstance(encoder, str):
             cached = np.load(feat_file, allow_pickle=False)
             Ftr, Fte = cached["train"], cached["test"]
         else:
-            enc, enc_name = _build_encoder(encoder, data, stream[0], encoder_kw, seed)
+            enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
             t0 = time.perf_counter()
             Ftr = extract_features(enc, data.train, device=device, desc="train features")
             Fte = extract_features(enc, data.test, device=device, desc="test features")
@@ -228,11 +187,12 @@ def run(
 
     budget = f"{per_class}/class" if per_class else f"{memory} total"
     result = RunResult(data.name, tasks, data.n_classes // tasks, budget,
-                       enc_name + (" (trained)" if train_encoder else " (frozen)"), out=str(out))
+                       enc_name + (" (trained)" if train_encoder else " (frozen)"), out=str(out),
+                       class_order=[c for t in stream for c in t.classes], seed=seed, init_seed=init_seed)
     # ============ methods, task by task ============
     for name in methods:
         result.methods[name] = _run_method(name, stream, representation(), ytr, yte, data.n_classes, memory,
-                                           per_class, policy, cfg, seed, out / "ckpt" / name, run_id, resume)
+                                           per_class, policy, cfg, init_seed, out / "ckpt" / name, run_id, resume)
     if main:
         atomic_write(out / "results.json", lambda f: f.write(json.dumps(result.to_json(), indent=2,
                                                                          default=float).encode()))

@@ -1,0 +1,76 @@
+"""Encoding a data set with an encoder: batched, progress-barred, split across ``torch.distributed`` ranks.
+
+Used by :func:`memret.incremental.run` (frozen features, cached) and by the
+encoder trainer (:mod:`memret.incremental.backbone`, which re-encodes the memory
+after every task).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from memret.incremental.data import ArrayImages, LabelledData
+from memret.incremental.streams import Task
+from memret.incremental.training import seeded_init
+
+
+def batches(data, rows: np.ndarray, batch: int):
+    """Stacked image batches of ``data``'s ``rows``, in order."""
+    for s in range(0, len(rows), batch):
+        idx = rows[s:s + batch]
+        if isinstance(data, ArrayImages):
+            yield data.batch(idx)
+        else:
+            yield torch.stack([data[int(i)][0] for i in idx])
+
+
+@torch.no_grad()
+def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: str = "cpu",
+                     desc: str = "features", rows: np.ndarray | None = None) -> np.ndarray:
+    """(N, D) float32 features of every sample of ``data`` (or of ``rows``, in that order), with a progress bar.
+
+    Under an initialised ``torch.distributed`` group each rank encodes every
+    world_size-th sample and the parts are all-gathered, so all ranks return all rows.
+    """
+    from tqdm.auto import tqdm
+
+    dist = torch.distributed
+    rows = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=np.int64)
+    world, rank = 1, 0
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    mine = rows[rank::world]
+    encoder.eval().to(device)
+    parts = [encoder(x.to(device)).float().cpu().numpy()
+             for x in tqdm(batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
+                           disable=rank != 0 or len(mine) < 4 * batch, leave=False)]
+    out_mine = np.concatenate(parts) if parts else np.empty((0, encoder.embed_dim), np.float32)
+    if world == 1:
+        return out_mine.astype(np.float32)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, out_mine)
+    out = np.empty((len(rows), out_mine.shape[1]), np.float32)
+    for r, part in enumerate(gathered):
+        out[r::world] = part
+    return out
+
+
+def build_encoder(encoder: str | torch.nn.Module, data: LabelledData, first: Task, encoder_kw: dict,
+                  seed: int) -> tuple[torch.nn.Module, str]:
+    """``(module, name)``: a registry name built with seeded initial weights (``seed``); a module passes through.
+
+    The k-means patch encoder is fitted here, without labels, on up to 10,000 images of the first
+    task's training rows (drawn with ``seed``).
+    """
+    if isinstance(encoder, torch.nn.Module):
+        return encoder, type(encoder).__name__
+    import memret.encoders as E
+
+    enc = seeded_init(lambda: E.create(encoder, **encoder_kw), seed, 7)  # same seed, same initial weights
+    if isinstance(enc, E.PatchKMeansEncoder):
+        rng = np.random.default_rng(seed)
+        rows = rng.choice(first.train_rows, size=min(len(first.train_rows), 10_000), replace=False)
+        imgs = torch.cat(list(batches(data.train, np.sort(rows), 512)))
+        enc.fit(imgs, seed=seed)
+    return enc, encoder

@@ -1,0 +1,101 @@
+"""Feeding and training the Memory Transformer Network over an exemplar memory.
+
+Shared by the ``mtn`` method of :func:`memret.incremental.run`
+(:class:`~memret.incremental.methods.MTNMethod`) and the Avalanche
+:class:`~memret.incremental.plugins.MTNPlugin`: :func:`retrieve` turns queries into
+the MTN's inputs (the k nearest exemplars), :func:`train_mtn` trains it on a task
+with leave-one-out retrieval, so a training sample never sees its own exemplar.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memret.aggregator import MemoryTransformerNetwork
+from memret.incremental.training import TrainConfig, train_epochs
+from memret.memory import ExemplarBank
+
+
+def retrieve(bank: ExemplarBank, X: np.ndarray, k: int, exclude: np.ndarray | None = None):
+    """MTN inputs for queries ``X`` (B, D).
+
+    Returns:
+        neighbour features (B, k, D) float32, labels (B, k) int64 (-1 = no neighbour, masked by the MTN)
+        and query-neighbour similarities (B, k) float32. ``exclude`` (B,) refs: query i never gets an
+        exemplar whose ref is ``exclude[i]`` (leave-one-out). Zero queries give zero-row tensors.
+    """
+    if len(X) == 0:
+        return (torch.zeros(0, k, bank.dim), torch.zeros(0, k, dtype=torch.long), torch.zeros(0, k))
+    D, I = bank.knn(X, k, exclude=exclude)
+    safe = np.where(I >= 0, I, 0)
+    feats = torch.from_numpy(bank.features[safe])
+    labels = torch.from_numpy(np.where(I >= 0, bank.labels[safe], -1))
+    sims = torch.from_numpy(np.where(I >= 0, D, 0.0).astype(np.float32))
+    return feats, labels, sims
+
+
+@torch.no_grad()
+def mtn_scores(mtn: MemoryTransformerNetwork, bank: ExemplarBank, X: np.ndarray, k: int,
+               clf: nn.Module | None = None, fuse=None, batch: int = 1024) -> np.ndarray:
+    """(N, n_classes) eval-mode MTN logits of queries ``X`` (N, D), fused with ``clf``'s when given.
+
+    ``fuse(clf_logits, mtn_logits)`` combines them (default: the sum). Zero queries give (0, n_classes).
+    """
+    mtn.eval()
+    if clf is not None:
+        clf.eval()
+    out = [np.zeros((0, mtn.n_classes), np.float32)]
+    for s in range(0, len(X), batch):
+        xb = X[s:s + batch]
+        nf, nl, ns = retrieve(bank, xb, k)
+        xt = torch.from_numpy(xb)
+        logits = mtn(xt, nf, nl, ns)
+        if clf is not None:
+            logits = fuse(clf(xt), logits) if fuse is not None else clf(xt) + logits
+        out.append(logits.numpy())
+    return np.concatenate(out)
+
+
+def train_mtn(mtn: MemoryTransformerNetwork, opt: torch.optim.Optimizer, bank: ExemplarBank, X: np.ndarray,
+              y: np.ndarray, refs: np.ndarray, cfg: TrainConfig, gen: torch.Generator, mask: torch.Tensor,
+              clf: nn.Module | None = None, fuse=None,
+              replay: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[float, int]:
+    """Train the MTN (and ``clf``, through its own and the fused loss) on the task's data plus old exemplars.
+
+    The bank must already hold the current task's exemplars: training retrieves from the memory the
+    test will see, with leave-one-out by ``refs`` (a sample never sees itself). The old exemplars
+    trained on are ``replay`` (features, labels, refs: the memory as it was before this task, at the
+    old classes' full quotas, as replay uses it) or, by default, the bank's old classes. Returns (loss, samples).
+    """
+    if replay is None:
+        old = ~np.isin(bank.labels, np.unique(y))
+        replay = (bank.features[old], bank.labels[old], bank.refs[old])
+    Xt = np.concatenate([X, replay[0]])
+    yt = np.concatenate([y, replay[1]])
+    rt = np.concatenate([np.asarray(refs, dtype=bank.refs.dtype), np.asarray(replay[2], dtype=bank.refs.dtype)])
+    nf, nl, ns = retrieve(bank, Xt, cfg.k, exclude=rt)  # once per task: the memory is fixed within a task
+    Xt_t, yt_t = torch.from_numpy(Xt), torch.from_numpy(yt)
+    # The current task has all its data, old classes only their exemplars: without balancing,
+    # both heads learn to favour the newest classes.
+    weight = None
+    if cfg.balanced:
+        counts = np.bincount(yt, minlength=mask.numel()).astype(np.float32)
+        weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(np.unique(yt)), 0))
+
+    def step(idx):
+        target = yt_t[idx]
+        out = mtn(Xt_t[idx], nf[idx], nl[idx], ns[idx]) + mask
+        loss = F.cross_entropy(out, target, weight=weight)
+        if clf is not None:
+            logits = clf(Xt_t[idx]) + mask
+            loss = loss + F.cross_entropy(logits, target, weight=weight) + F.cross_entropy(fuse(logits, out), target,
+                                                                                          weight=weight)
+        return loss
+
+    mtn.train()
+    if clf is not None:
+        clf.train()
+    return train_epochs(step, len(yt), cfg, opt, gen), int(len(yt))

@@ -1,0 +1,128 @@
+"""Shared training pieces of the class-incremental methods: the config, seeded RNGs, the minibatch loop.
+
+Everything random here is drawn from private generators derived from a seed and
+a salt (``generator(seed, 2, task)``), so runs are reproducible, resume exactly
+and never touch the global RNG. Used by :mod:`memret.incremental.methods`, the
+MTN's trainer (:mod:`memret.incremental.mtn`), the encoder trainer
+(:mod:`memret.incremental.backbone`) and the Avalanche plugins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and method knobs shared by the trained methods."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    k: int = 10                 # neighbours for knn and mtn
+    knn_temperature: float = 0.07
+    mtn_layers: int = 2
+    mtn_heads: int = 4
+    mtn_width: int = 256
+    mtn_dropout: float = 0.0     # CPU dropout costs more than the rest of a small MTN step
+    balanced: bool = True       # MTN: class-balanced loss over current data + memory
+    fusion: str = "sum"         # "sum" | "mtn_only" | "classifier_only"
+    schedule: str = "cosine"    # "cosine" | "constant" learning rate within a task
+    # ---- the encoder, when run(train_encoder=True) trains it (from scratch, or fine-tuning a checkpoint)
+    encoder_epochs: int | None = None   # default: ``epochs``
+    encoder_lr: float = 0.05            # SGD with momentum, cosine within a task (Avalanche/PyCIL CIFAR recipe)
+    encoder_momentum: float = 0.9
+    encoder_weight_decay: float = 5e-4
+    augment: bool = True                # random crop (pad 1/8 of the side) + horizontal flip
+    recalibrate_bn: bool = True         # exact batch-norm statistics for the trained weights, after each task
+
+
+def derive_seed(seed: int, *salt: int) -> int:
+    """A 32-bit seed for one purpose (``salt``) of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, *salt]).generate_state(1)[0])
+
+
+def generator(seed: int, *salt: int) -> torch.Generator:
+    """A private torch generator for one purpose of a run (e.g. ``generator(seed, 2, task)``: task shuffles)."""
+    return torch.Generator().manual_seed(derive_seed(seed, *salt))
+
+
+def seeded_init(module_fn, seed: int, *salt: int) -> nn.Module:
+    """Build a module with a private RNG: parameter init is reproducible and the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, *salt))
+        return module_fn()
+
+
+def train_epochs(model_step, n: int, cfg: TrainConfig, opt: torch.optim.Optimizer, gen: torch.Generator,
+                 lr: float | None = None, epochs: int | None = None, progress: str | None = None) -> float:
+    """Plain minibatch loop: ``model_step(idx) -> loss`` on shuffled index batches; returns the last epoch's mean loss.
+
+    The optimizer lives across tasks (its moments carry over, as in Avalanche's strategies); the
+    learning-rate schedule restarts each task. ``lr``/``epochs`` override the config's; ``progress``
+    names a per-batch progress bar.
+    """
+    lr, epochs = cfg.lr if lr is None else lr, cfg.epochs if epochs is None else epochs
+    for group in opt.param_groups:
+        group["lr"] = lr
+    per_epoch = max(1, -(-n // cfg.batch_size))
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch) if cfg.schedule == "cosine"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs * per_epoch, desc=progress, leave=False)
+    last = 0.0
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        for s in range(0, n, cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            loss = model_step(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, count = total + loss.detach().item() * len(idx), count + len(idx)
+            if bar is not None:
+                bar.update()
+        last = total / max(count, 1)
+    if bar is not None:
+        bar.close()
+    return last
+
+
+class MemoryBatches:
+    """Endless minibatches over the memory: successive seeded permutations, cut into batches.
+
+    Args:
+        X: (M, ...) memory samples (features, or dataset rows for the encoder trainer).
+        y: (M,) their labels.
+        gen: the generator the permutations are drawn from.
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, gen: torch.Generator) -> None:
+        self.X, self.y, self.gen = torch.from_numpy(X), torch.from_numpy(y), gen
+        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` (samples, labels), continuing the current permutation and starting new ones as needed."""
+        idx = []
+        while n > 0:
+            if self.pos >= len(self.order):
+                self.order, self.pos = torch.randperm(len(self.y), generator=self.gen), 0
+            take = self.order[self.pos:self.pos + n]
+            self.pos += len(take)
+            n -= len(take)
+            idx.append(take)
+        i = torch.cat(idx)
+        return self.X[i], self.y[i]
