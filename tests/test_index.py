@@ -189,20 +189,21 @@ def test_interrupted_save_keeps_previous(tmp_path, data, monkeypatch):
 
     import faiss
 
-    def crash(index, fname):  # write half a file, then die as a full disk would
-        with open(fname, "wb") as f:
-            f.write(b"\0" * 1000)
+    def crash(index, target):  # die as a full disk would (the data file is already open)
         raise OSError(28, "No space left on device")
 
+    before = sorted(p.name for p in (tmp_path / "ix").iterdir())
     monkeypatch.setattr(faiss, "write_index", crash)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space.*previous save there is intact"):
         idx.save(tmp_path / "ix")
     monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == before  # the half-written files are gone
     back = DenseIndex.load(tmp_path / "ix")
     assert len(back) == 100
     np.testing.assert_array_equal(back.search(xq, 3)[1], expected[1])
-    idx.save(tmp_path / "ix")  # the next good save cleans the half-written leftovers
-    assert len(list((tmp_path / "ix").glob("index-*.faiss"))) == 1
+    for _ in range(3):  # each save keeps the previous generation (for concurrent readers), no more
+        idx.save(tmp_path / "ix")
+        assert len(list((tmp_path / "ix").glob("index-*.faiss"))) == 2
     assert len(DenseIndex.load(tmp_path / "ix")) == 200
 
 
@@ -262,3 +263,143 @@ def test_id_map_transitions_and_readd(tmp_path, data, factory):
     back = DenseIndex.load(tmp_path / "b")
     np.testing.assert_array_equal(back.search(xq, 5)[1], idx.search(xq, 5)[1])
     assert sorted(back.ids()) == sorted(idx.ids())
+
+
+# ============ issue 8 §2: inputs rejected before anything changes ============
+def state(idx, xq):
+    D, I = idx.search(xq, 5)
+    return sorted(idx.ids(), key=str), idx.n_tombstones, I.tolist(), D.tolist()
+
+
+@pytest.mark.parametrize("ids", [["a", "b", "c"], [10, 11, 12]])
+def test_remove_with_a_repeated_id_changes_nothing(data, ids):
+    xb, xq = data
+    idx = build("Flat", "ip", xb[:3], ids)
+    before = state(idx, xq)
+    with pytest.raises(KeyError, match="repeat"):
+        idx.remove([ids[0], ids[0]])
+    assert state(idx, xq) == before and ids[0] in idx
+    assert idx.remove([ids[0], ids[1]]) == 2 and len(idx) == 1
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_every_rejected_call_changes_nothing(data, factory):
+    xb, xq = data
+    idx = build(factory, "l2", xb[:50], search_params=SEARCH_PARAMS.get(factory))
+    idx.remove([7])
+    before = state(idx, xq)
+    nan = xb[:2].copy()
+    nan[1, 0] = np.nan
+    bad_calls = [
+        lambda: idx.add([100, 101], nan), lambda: idx.add([100, 100], xb[:2]), lambda: idx.add([100, 3], xb[:2]),
+        lambda: idx.upsert([100, 100], xb[:2]), lambda: idx.upsert([3, 4], xb[:3]), lambda: idx.add([-1], xb[:1]),
+        lambda: idx.add([2**63], xb[:1]), lambda: idx.remove([3, 999]), lambda: idx.remove([3, 3]),
+        lambda: idx.remove([3], missing="bogus"), lambda: idx.remove(["x"]), lambda: idx.search(xq, True),
+        lambda: idx.search(xq, 10**9), lambda: idx.search(xq, 5, allowed=["x"]),
+        lambda: idx.set_search_params(efSearch=99, bogus=1) if factory == "HNSW32" else idx.set_search_params(bogus=1),
+    ]
+    for i, call in enumerate(bad_calls):
+        with pytest.raises((KeyError, ValueError, TypeError)):
+            call()
+        assert state(idx, xq) == before, i
+    if factory == "HNSW32":
+        assert idx.faiss_index.hnsw.efSearch == 64
+
+
+def test_int_ids_outside_int64_and_the_padding_id_are_rejected(data):
+    xb, xq = data
+    idx = DenseIndex(32)
+    for bad in ([2**63], [np.uint64(2**63)], np.array([2**64 - 1], dtype=np.uint64), [-(2**63) - 1], [10**30]):
+        with pytest.raises(ValueError, match="int64"):
+            idx.add(bad, xb[:1])
+    with pytest.raises(ValueError, match="padding"):
+        idx.add([5, -1], xb[:2])
+    assert len(idx) == 0
+    idx.add([2**63 - 1, -5], xb[:2])  # the extremes that do fit still work
+    assert idx.search(xb[:1], 1)[1][0, 0] == 2**63 - 1
+    with pytest.raises(ValueError, match="int64"):
+        idx.remove([2**64])
+
+
+def test_bad_k_missing_and_dim_are_clear_errors(data):
+    xb, xq = data
+    idx = build("Flat", "ip", xb)
+    with pytest.raises(TypeError, match="k must be"):
+        idx.search(xq, True)
+    with pytest.raises(TypeError, match="k must be"):
+        idx.search(xq, 3.0)
+    with pytest.raises(ValueError, match="stored vectors"):
+        idx.search(xq, 10**9)
+    with pytest.raises(ValueError, match="stored vectors"):
+        idx.search(xq, 5000)
+    assert idx.search(xq, 800)[1].shape == (25, 800)  # up to every stored vector
+    D, I = build("Flat", "ip", xb[:3]).search(xq[:2], np.int64(4096))  # small index: padded up to 4096
+    assert I.shape == (2, 4096) and (I[:, 3:] == -1).all()
+    with pytest.raises(ValueError, match="missing"):
+        idx.remove([1], missing="bogus")
+    for dim in (True, 0, -3, 32.0, "32"):
+        with pytest.raises(ValueError, match="dim must be a positive int"):
+            DenseIndex(dim)
+    with pytest.raises(TypeError, match="factory"):
+        DenseIndex(32, factory=5)
+
+
+@pytest.mark.parametrize("ids", [None, [f"s{i}" for i in range(800)]])
+def test_search_with_zero_queries_returns_empty_k_columns(data, ids):
+    xb, _ = data
+    idx = build("HNSW32", "cosine", xb, ids)
+    D, I = idx.search(np.zeros((0, 32), np.float32), 7)
+    assert D.shape == I.shape == (0, 7) and D.dtype == np.float32
+    assert I.dtype == (object if ids else np.int64)
+    D, I = idx.search(np.zeros((0, 32)), 3, allowed=idx.ids()[:5])
+    assert I.shape == (0, 3)
+
+
+def fake_gpu(monkeypatch):
+    """A stand-in for FAISS's GPU cloner on a CPU machine: 'GPU' indexes are clones it remembers."""
+    on_gpu = []
+
+    class Options:
+        shard = False
+
+    def to_gpus(index, co=None, **kw):
+        on_gpu.append(faiss.clone_index(index))
+        return on_gpu[-1]
+
+    import faiss
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", Options, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_gpus, raising=False)
+    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda index: faiss.clone_index(index), raising=False)
+    return on_gpu
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "Flat"])
+def test_compact_on_gpu_keeps_the_index_on_gpu(tmp_path, data, monkeypatch, factory):
+    xb, xq = data
+    on_gpu = fake_gpu(monkeypatch)
+    idx = build(factory, "l2", xb, search_params=SEARCH_PARAMS.get(factory)).to_gpu()
+    idx._tombstone_mode = True  # as when FAISS's GPU index cannot remove_ids: tombstones
+    idx.remove(np.arange(0, 800, 2))
+    assert idx.compact() == 400
+    assert any(idx.faiss_index is g for g in on_gpu), "compact() left a CPU index behind a GPU flag"
+    _, I = idx.search(xq, 5)
+    _, Ie = exact_search(xb[1::2], xq, 5, "l2")
+    assert np.mean([len(set(a) & set((2 * b + 1).tolist())) / 5 for a, b in zip(I, Ie)]) > 0.9
+    idx.save(tmp_path / "g")
+    assert len(DenseIndex.load(tmp_path / "g")) == 400
+
+
+def test_hnsw_compact_keeps_callers_ids_stable(data):
+    """compact() renumbers HNSW's internal ids (positions) from 0; callers' ids keep their vectors."""
+    xb, xq = data
+    ids = np.arange(1000, 1800)
+    idx = build("HNSW32", "l2", xb, ids, search_params={"efSearch": 64})
+    idx.remove(ids[:300])
+    idx.compact()
+    assert idx.faiss_index.ntotal == 500 and idx.n_tombstones == 0
+    np.testing.assert_array_equal(idx.get_vectors(ids[300:]), xb[300:])
+    idx.add([1000], xb[:1])  # a removed id comes back with a fresh internal id
+    assert idx.search(xb[:1], 1)[1][0, 0] == 1000
+    _, I = idx.search(xq, 3)
+    assert set(I.ravel().tolist()) <= set(ids[300:].tolist()) | {1000}

@@ -1,7 +1,9 @@
 """The map between callers' ids (ints or strings) and FAISS's internal int64 ids.
 
-Internal ids are sequential and never reused, so an id removed and added again
-gets a fresh internal id and a tombstone can never hide a live vector.
+Internal ids are sequential and never reused between compactions, so an id
+removed and added again gets a fresh internal id and a tombstone can never hide
+a live vector. (HNSW/NSG ``compact()`` renumbers them from 0, with no tombstone
+left; callers' ids never change.)
 
 Fast path: while a caller adds int ids 0, 1, 2, ... in order (the common case:
 row numbers), caller id == internal id, and the map keeps no dict at all:
@@ -17,18 +19,29 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 IdKind = Literal["int", "str"]
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def normalize_ids(ids: Iterable[Any]) -> tuple[IdKind | None, np.ndarray | list]:
-    """Turn ids into an int64 array (int ids) or a list of str, checking they are all of one kind."""
+    """Turn ids into an int64 array (int ids) or a list of str, checking they are all of one kind.
+
+    Raises:
+        TypeError: not a sequence, or mixed / unsupported id types.
+        ValueError: not 1-D, or an int id outside int64 (it would wrap around).
+    """
     if isinstance(ids, (str, bytes)) or np.ndim(ids) == 0:
         raise TypeError("ids must be a sequence (list or 1-D array) of ints or strings")
-    arr = np.asarray(ids)
+    try:
+        arr = np.asarray(ids)
+    except OverflowError:  # ints beyond 64 bits in some numpy versions
+        arr = np.asarray(list(ids), dtype=object)
     if arr.ndim != 1:
         raise ValueError(f"ids must be 1-D, got shape {arr.shape}")
     if arr.size == 0:
         return None, []
     if np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == np.uint64 and int(arr.max()) > _I64_MAX:
+            raise ValueError(f"int ids must fit in int64 (< 2**63), got {int(arr.max())}")
         return "int", arr.astype(np.int64, copy=False)
     if arr.dtype.kind == "U" and (isinstance(ids, np.ndarray) or all(isinstance(k, str) for k in ids)):
         return "str", arr.tolist()
@@ -36,9 +49,20 @@ def normalize_ids(ids: Iterable[Any]) -> tuple[IdKind | None, np.ndarray | list]
     if all(isinstance(k, str) for k in items):
         return "str", items
     if all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in items):
+        bad = [int(k) for k in items if not _I64_MIN <= int(k) <= _I64_MAX]
+        if bad:
+            raise ValueError(f"int ids must fit in int64 (-2**63 <= id < 2**63), got {bad[0]}")
         return "int", np.asarray(items, dtype=np.int64)
     kinds = sorted({type(k).__name__ for k in items})
     raise TypeError(f"ids must be all ints or all strings, got {kinds}")
+
+
+def check_unique(keys: np.ndarray | list) -> None:
+    """Raise ``KeyError`` if an id repeats within one call."""
+    n = len(keys)
+    distinct = np.unique(keys).size if isinstance(keys, np.ndarray) else len(set(keys))
+    if distinct != n:
+        raise KeyError(f"ids repeat within this call ({n - distinct} repeat(s))")
 
 
 class IdMap:
@@ -84,7 +108,9 @@ class IdMap:
         """Internal ids of ``keys``; unknown keys raise ``KeyError`` or are skipped."""
         if len(keys) == 0:
             return np.empty(0, dtype=np.int64)
-        if self._identity:
+        if self.kind is None:  # nothing was ever added: every key is unknown, whatever its type
+            unknown, found = keys.tolist() if isinstance(keys, np.ndarray) else list(keys), np.empty(0, np.int64)
+        elif self._identity:
             k = np.asarray(keys, dtype=np.int64)
             ok = (k >= 0) & (k < self.next_iid)
             if self._removed:
@@ -134,8 +160,7 @@ class IdMap:
         if self._identity and kind == "int" and np.array_equal(keys, np.arange(self.next_iid, self.next_iid + n)):
             return np.arange(self.next_iid, self.next_iid + n, dtype=np.int64), []
         klist = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
-        if len(set(klist)) != n:
-            raise KeyError("ids repeat within this call")
+        check_unique(klist)
         present = [k for k in klist if k in self]
         if present and not upsert:
             raise KeyError(f"{len(present)} id(s) already in the index, e.g. {present[:5]!r}; use upsert()")
@@ -150,7 +175,9 @@ class IdMap:
             self._materialize()
         if not self._identity:
             klist = keys.tolist() if isinstance(keys, np.ndarray) else list(keys)
-            self._rev = np.concatenate([self._rev, np.asarray(klist, dtype=self._rev.dtype)])
+            # _rev covers internal ids up to the largest live one (after a load it may stop short of next_iid)
+            gap = np.zeros(self.next_iid - self._rev.size, dtype=self._rev.dtype)
+            self._rev = np.concatenate([self._rev, gap, np.asarray(klist, dtype=self._rev.dtype)])
             self._fwd.update(zip(klist, iids.tolist()))
         self.next_iid += len(iids)
 
@@ -174,13 +201,16 @@ class IdMap:
     # ------------------------------------------------------------------ persistence
     @classmethod
     def from_live(cls, kind: IdKind | None, keys: list, iids: np.ndarray, next_iid: int) -> "IdMap":
+        """Rebuild from the live ``(keys, internal ids)`` (distinct, ``0 <= iid < next_iid``)."""
         m = cls()
         m.kind, m.next_iid = kind, int(next_iid)
-        if kind == "int" and np.array_equal(np.asarray(keys, dtype=np.int64), iids):
+        # The identity form keeps a set of the removed ids below next_iid: only when that set is small.
+        if (kind == "int" and np.array_equal(np.asarray(keys, dtype=np.int64), iids)
+                and m.next_iid - len(keys) <= 4 * len(keys) + 4096):
             m._removed = set(range(m.next_iid)) - set(iids.tolist())
             return m
         m._identity = False
-        m._rev = np.zeros(m.next_iid, dtype=object if kind == "str" else np.int64)
+        m._rev = np.zeros(int(iids.max()) + 1 if iids.size else 0, dtype=object if kind == "str" else np.int64)
         if len(keys):
             m._rev[iids] = np.asarray(keys, dtype=m._rev.dtype)
         m._fwd = dict(zip(keys, iids.tolist()))
