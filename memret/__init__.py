@@ -13,7 +13,7 @@ except ImportError as e:  # faiss-cpu and faiss-gpu are extras: they install the
 
 from memret.index import DenseIndex, exact_search  # noqa: E402
 from memret.memory import ExemplarBank  # noqa: E402
-from memret.persist import CorruptSnapshotError  # noqa: E402
+from memret.persist import CorruptSnapshotError, SnapshotWriteError  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -26,4 +26,4 @@ def __getattr__(name: str):
                 "train", "pretrain", "heads", "collection"):
         return importlib.import_module(f"memret.{name}")
     raise AttributeError(f"module 'memret' has no attribute {name!r}")
-__all__ = ["CorruptSnapshotError", "DenseIndex", "ExemplarBank", "exact_search", "__version__"]
+__all__ = ["CorruptSnapshotError", "DenseIndex", "SnapshotWriteError", "ExemplarBank", "exact_search", "__version__"]
