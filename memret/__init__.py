@@ -22,6 +22,10 @@ def __getattr__(name: str):
     # memret.incremental / memret.encoders / ... load on first use, so `import memret` stays light.
     import importlib
 
+    if name == "Collection":
+        from memret.collection import Collection
+
+        return Collection
     if name in ("incremental", "encoders", "retrieval", "beir", "aggregator", "metrics", "memory", "index",
                 "train", "pretrain", "heads", "collection"):
         return importlib.import_module(f"memret.{name}")

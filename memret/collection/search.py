@@ -1,0 +1,137 @@
+"""Search for a Collection: filter in SQLite first, then rank (dense, BM25 or both fused by RRF)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from memret.collection import bm25, db
+from memret.collection.filters import compile_where
+from memret.collection.validate import utf8
+
+if TYPE_CHECKING:
+    from memret.collection.store import Collection, Hit
+
+# A filter matching at most this many documents is ranked exactly over their stored vectors (cheaper
+# than a full-index scan with an id selector); larger ones go through the DenseIndex with `allowed`.
+EXACT_MAX = 2048
+RRF_K = 60
+
+
+def run_search(col: "Collection", query: Any, k: int, where: Mapping[str, Any] | None, mode: str,
+               depth: int | None) -> list["Hit"]:
+    """See :meth:`Collection.search`."""
+    from memret.collection.store import Hit  # noqa: PLC0415 (store imports this module lazily)
+
+    if mode not in ("dense", "bm25", "hybrid"):
+        raise ValueError(f"unknown mode {mode!r}; known: ['bm25', 'dense', 'hybrid']")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = int(k)
+    depth = max(100, k) if depth is None else int(depth)
+    if depth < k:
+        raise ValueError(f"depth ({depth}) must be >= k ({k})")
+    text = query if isinstance(query, str) else None
+    if text is None and mode != "dense":
+        raise ValueError(f"mode={mode!r} needs a text query; pass mode='dense' to search by vector")
+    if text is not None:
+        if len(text) > 100_000:
+            raise ValueError("query longer than 100,000 characters")
+        utf8(text, "query")
+    sql, params = compile_where(where)
+    qvec = _query_vector(col, query) if mode != "bm25" else None
+    con = col._con()
+    with db.read_txn(con, col.timeout):
+        if mode == "bm25":
+            ranked = bm25.search(con, text, k, sql, params)
+        else:
+            dense = _dense(col, con, qvec, depth if mode == "hybrid" else k, sql, params)
+            if mode == "dense":
+                ranked = dense
+            else:
+                ranked = _rrf([dense, bm25.search(con, text, depth, sql, params)], k)
+        docs = _fetch(con, [r for r, _ in ranked])
+    return [Hit(docs[r][0], float(s), docs[r][1], json.loads(docs[r][2])) for r, s in ranked if r in docs]
+
+
+def _query_vector(col: "Collection", query: Any) -> np.ndarray | None:
+    if isinstance(query, str):
+        if col.encoder is None:
+            raise ValueError(f"collection {col.path} has no encoder to embed a text query (it was built with "
+                             f"{col.meta.get('encoder')!r}): open it with encoder=..., search by vector, "
+                             "or use mode='bm25'")
+        return np.asarray(col.encoder.encode_queries([query]), np.float32).reshape(1, -1)
+    q = np.asarray(query)
+    if q.dtype == object or not (np.issubdtype(q.dtype, np.floating) or np.issubdtype(q.dtype, np.integer)):
+        raise TypeError(f"a query vector must be numeric, got dtype {q.dtype}")
+    q = q.astype(np.float32).reshape(1, -1) if q.ndim == 1 else q.astype(np.float32)
+    if q.shape != (1, col.dim):
+        raise ValueError(f"a query vector must have shape ({col.dim},), got {np.shape(query)}")
+    if not np.isfinite(q).all():
+        raise ValueError("the query vector contains NaN or inf")
+    return q
+
+
+def _dense(col: "Collection", con, q: np.ndarray, k: int, sql: str, params: list) -> list[tuple[int, float]]:
+    if col.dim is None:
+        return []
+    seq = con.execute("SELECT seq FROM state").fetchone()[0]
+    index = col._vectors_for(col.dim).sync(con, seq)
+    if sql == "1":
+        n = len(index)
+        D, I = index.search(q, min(k, max(n, 1)))
+        ranked = _pairs(col, D[0], I[0])
+        if len(ranked) >= min(k, n):
+            return ranked
+        return _exact(col, con, q, k, "1", [])  # an approximate index came back short
+    allowed = [r for (r,) in con.execute(f"SELECT rid FROM docs WHERE {sql}", params)]
+    if not allowed:
+        return []
+    if len(allowed) <= EXACT_MAX:
+        return _exact(col, con, q, k, sql, params)
+    D, I = index.search(q, k, allowed=allowed)
+    ranked = _pairs(col, D[0], I[0])
+    if len(ranked) >= min(k, len(allowed)):
+        return ranked
+    return _exact(col, con, q, k, sql, params)
+
+
+def _pairs(col: "Collection", D: np.ndarray, I: np.ndarray) -> list[tuple[int, float]]:
+    sign = -1.0 if col.metric == "l2" else 1.0
+    return [(int(r), sign * float(d)) for r, d in zip(I.tolist(), D.tolist()) if r is not None and r >= 0]
+
+
+def _exact(col: "Collection", con, q: np.ndarray, k: int, sql: str, params: list) -> list[tuple[int, float]]:
+    """Brute-force top-k over the stored vectors of the documents matching ``sql``."""
+    rows = con.execute(f"SELECT rid, vector FROM docs WHERE {sql}", params).fetchall()
+    if not rows:
+        return []
+    rids = np.fromiter((r for r, _ in rows), np.int64, len(rows))
+    X = np.frombuffer(b"".join(v for _, v in rows), np.float32).reshape(len(rows), -1)
+    q = q[0]
+    if col.metric == "cosine":
+        X = X / np.linalg.norm(X, axis=1, keepdims=True)
+        q = q / max(float(np.linalg.norm(q)), 1e-30)
+    scores = -((X - q) ** 2).sum(1) if col.metric == "l2" else X @ q
+    top = np.lexsort((rids, -scores))[:k]
+    return [(int(rids[i]), float(scores[i])) for i in top]
+
+
+def _rrf(runs: list[list[tuple[int, float]]], k: int) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion (Cormack et al. 2009) of rowid rankings; ties broken by rowid."""
+    fused: dict[int, float] = {}
+    for run in runs:
+        for rank, (rid, _) in enumerate(run, start=1):
+            fused[rid] = fused.get(rid, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(fused.items(), key=lambda t: (-t[1], t[0]))[:k]
+
+
+def _fetch(con, rids: list[int]) -> dict[int, tuple[str, str, str]]:
+    out: dict[int, tuple[str, str, str]] = {}
+    for s in range(0, len(rids), 500):
+        part = rids[s : s + 500]
+        q = f"SELECT rid, id, text, metadata FROM docs WHERE rid IN ({','.join('?' * len(part))})"
+        out.update((r, (i, t, m)) for r, i, t, m in con.execute(q, part))
+    return out

