@@ -65,7 +65,8 @@ class PatchKMeansEncoder(nn.Module):
         km.train(white)
         self.centroids.copy_(torch.from_numpy(km.centroids))
         self.fitted.fill_(True)
-        feats = torch.cat([self._pooled(images[i:i + 256]) for i in range(0, len(images), 256)])
+        step = max(1, (1 << 25) // (pats.shape[1] * self.n_centroids))
+        feats = torch.cat([self._pooled(images[i:i + step]) for i in range(0, len(images), step)])
         self.feat_mean.copy_(feats.mean(0))
         self.feat_std.copy_(feats.std(0).clamp(min=1e-3))
         return self
@@ -84,8 +85,13 @@ class PatchKMeansEncoder(nn.Module):
         f = f.transpose(1, 2).reshape(x.shape[0], -1, side, side)
         return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4K), quadrant pooling
 
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._pooled(x) - self.feat_mean) / self.feat_std
+        """(B, C, H, W) -> (B, 4K), a few images at a time: at most ~32M distances live at once."""
+        positions = (x.shape[-2] - self.patch + 1) * (x.shape[-1] - self.patch + 1)
+        step = max(1, (1 << 25) // (positions * self.n_centroids))
+        out = [self._pooled(x[s:s + step]) for s in range(0, len(x), step)]
+        return (torch.cat(out) - self.feat_mean) / self.feat_std
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, embed_dim): the pooled descriptor as the single token (the per-position map is

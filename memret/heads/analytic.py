@@ -1,0 +1,304 @@
+"""Analytic class-incremental heads over frozen features: RanPAC and streaming LDA.
+
+Both learn from sufficient statistics accumulated task by task in float64, so
+they need no exemplars and forget nothing by construction:
+
+- :class:`RanPAC` (McDonnell et al., NeurIPS 2023; the ridge head of ACIL, Zhuang et al. 2022):
+  a frozen, seeded random projection ``h = ReLU(x W)`` to ``projection`` dimensions, the Gram
+  matrix ``G = sum h h^T`` and class sums ``Q = sum h y^T``, and the ridge head
+  ``W = (G + lam I)^-1 Q``. With a fixed ``lam`` the head after any stream equals the joint
+  ridge solution on all the data, whatever the class order. ``lam`` is chosen on a held-out
+  part of all the training data seen so far, read through held-out statistics
+  (``G_h``, ``Q_h``, ``sum y^2``), so no sample is kept.
+- :class:`SLDA` (Hayes & Kanan, CVPR-W 2020): class means and one shared covariance with
+  shrinkage; scores ``x Lambda mu_c - mu_c Lambda mu_c / 2``. Means and the pooled within-class
+  covariance are accumulated exactly (sums and the second moment) rather than by Hayes'
+  per-sample streaming approximation, so they too are order-invariant.
+
+    head = RanPAC(n_classes=10)
+    for X, y in tasks:            # X (N, D) float features, y (N,) int labels
+        head.fit_task(X, y)
+    pred = head.predict(X_test)   # among the classes seen so far
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _as_tensor(x, dtype=torch.float32) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    return t.to(dtype)
+
+
+class _AnalyticHead:
+    """What RanPAC and SLDA share: the seen classes, prediction among them, input checks."""
+
+    def __init__(self, n_classes: int, chunk: int = 4096) -> None:
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+        self.n_classes, self.chunk = int(n_classes), int(chunk)
+        self.seen = torch.zeros(n_classes, dtype=torch.bool)
+        self.dim: int | None = None
+
+    def _check(self, features, labels=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        X = _as_tensor(features)
+        if X.ndim != 2:
+            raise ValueError(f"features must be (N, D), got shape {tuple(X.shape)}")
+        if self.dim is not None and X.shape[1] != self.dim:
+            raise ValueError(f"features have {X.shape[1]} dimensions, the head was fitted on {self.dim}")
+        if labels is None:
+            return X, None
+        y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        if y.shape != (len(X),):
+            raise ValueError(f"labels must be ({len(X)},), got {tuple(y.shape)}")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise ValueError(f"labels must lie in [0, {self.n_classes}), got [{int(y.min())}, {int(y.max())}]")
+        return X, y
+
+    def scores(self, features) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def predict(self, features) -> np.ndarray:
+        """(N,) predicted labels among the classes seen so far."""
+        if not bool(self.seen.any()):
+            raise RuntimeError(f"{type(self).__name__} has seen no data: call fit_task first")
+        s = self.scores(features)
+        s[:, ~self.seen.numpy()] = -np.inf
+        return s.argmax(1)
+
+
+class RanPAC(_AnalyticHead):
+    """Random projection + ReLU + ridge head, accumulated in float64.
+
+    Args:
+        n_classes: total number of classes of the stream (output width).
+        projection: width M of the random projection (0: ridge on the raw features).
+        ridge: a fixed ridge strength, or ``"auto"``: chosen after every task among ``ridges``
+            (scaled by the mean diagonal of the Gram matrix) by the squared error on the held-out
+            part of all the training data seen so far.
+        ridges: the relative grid searched by ``"auto"``.
+        holdout: fraction of each task's samples held out for choosing ``ridge`` (the final head
+            is then solved on all samples, held-out ones included).
+        seed: seeds the projection and the default held-out draw.
+        chunk: rows per matrix product (bounds memory).
+    """
+
+    def __init__(self, n_classes: int, projection: int = 4096, ridge: float | str = "auto",
+                 ridges: tuple[float, ...] = tuple(10.0 ** np.arange(-6, 1)), holdout: float = 0.2, seed: int = 0,
+                 chunk: int = 4096) -> None:
+        super().__init__(n_classes, chunk)
+        if ridge != "auto" and not (isinstance(ridge, (int, float)) and ridge > 0):
+            raise ValueError(f"ridge must be a positive number or 'auto', got {ridge!r}")
+        if not 0 < holdout < 1:
+            raise ValueError(f"holdout must lie in (0, 1), got {holdout}")
+        self.projection, self.ridge, self.ridges = int(projection), ridge, tuple(float(r) for r in ridges)
+        self.holdout, self.seed = float(holdout), int(seed)
+        self.W_rand: torch.Tensor | None = None      # (D, M) float32
+        self.G = self.Q = self.G_h = self.Q_h = None  # float64 (M, M), (M, C): fit part and held-out part
+        self.yy_h = torch.zeros(n_classes, dtype=torch.float64)  # sum of squared one-hot targets, held-out
+        self.weight: torch.Tensor | None = None      # (M, C) float32, the solved head
+        self.lam: float | None = None                # the ridge strength used for ``weight``
+        self.tasks = 0
+
+    # ============ features ============
+    def _init(self, dim: int) -> None:
+        self.dim = dim
+        M = self.projection or dim
+        if self.projection:
+            g = torch.Generator().manual_seed(self.seed)
+            self.W_rand = torch.randn(dim, M, generator=g)
+        self.G, self.G_h = torch.zeros(M, M, dtype=torch.float64), torch.zeros(M, M, dtype=torch.float64)
+        self.Q = torch.zeros(M, self.n_classes, dtype=torch.float64)
+        self.Q_h = torch.zeros(M, self.n_classes, dtype=torch.float64)
+
+    def project(self, features) -> torch.Tensor:
+        """(N, D) features -> (N, M) float32 ``ReLU(x W_rand)`` (the features themselves without projection)."""
+        X, _ = self._check(features)
+        if self.W_rand is None:
+            return X
+        return torch.cat([torch.relu(X[s:s + self.chunk] @ self.W_rand) for s in range(0, len(X), self.chunk)]) \
+            if len(X) else X.new_zeros(0, self.W_rand.shape[1])
+
+    # ============ learning ============
+    def fit_task(self, features, labels, holdout: np.ndarray | None = None) -> "RanPAC":
+        """Add one task's (N, D) features and (N,) labels, then re-solve the head.
+
+        Args:
+            holdout: optional (N,) bool mask of the samples held out for choosing ``ridge``;
+                by default a seeded random ``holdout`` fraction of the task. Pass a mask that depends
+                on the samples only (e.g. on dataset rows) to make the chosen ridge order-invariant.
+        """
+        X, y = self._check(features, labels)
+        if self.dim is None:
+            self._init(X.shape[1])
+        if holdout is None:
+            g = np.random.default_rng([self.seed, self.tasks, 1])
+            holdout = g.random(len(X)) < self.holdout
+        holdout = torch.as_tensor(np.asarray(holdout, dtype=bool))
+        if holdout.shape != (len(X),):
+            raise ValueError(f"holdout must be ({len(X)},) bool, got {tuple(holdout.shape)}")
+        for s in range(0, len(X), self.chunk):
+            H = self.project(X[s:s + self.chunk]).double()
+            Y = torch.nn.functional.one_hot(y[s:s + self.chunk], self.n_classes).double()
+            h = holdout[s:s + self.chunk]
+            self.G += H[~h].T @ H[~h]
+            self.Q += H[~h].T @ Y[~h]
+            self.G_h += H[h].T @ H[h]
+            self.Q_h += H[h].T @ Y[h]
+            self.yy_h += Y[h].sum(0)
+        self.seen[y.unique()] = True
+        self.tasks += 1
+        self.lam = float(self.ridge) if self.ridge != "auto" else self.choose_ridge()
+        self.weight = self.solve(self.lam)
+        return self
+
+    def _scale(self) -> float:
+        G = self.G + self.G_h
+        return float(G.diagonal().mean().clamp(min=1e-12))
+
+    def choose_ridge(self) -> float:
+        """The ridge strength (absolute) with the least held-out squared error among ``ridges`` x scale.
+
+        The head is fitted on the non-held-out statistics only; its held-out squared error is
+        ``tr(W^T G_h W) - 2 tr(W^T Q_h) + sum y^2`` restricted to the classes seen.
+        """
+        if float(self.G_h.diagonal().sum()) == 0.0:  # nothing held out (tiny task): fall back to the middle
+            return self.ridges[len(self.ridges) // 2] * self._scale()
+        seen = self.seen
+        scale, best, best_err = self._scale(), None, np.inf
+        for r in self.ridges:
+            W = self._cholesky_solve(self.G, self.Q[:, seen], r * scale)
+            err = float((W * (self.G_h @ W)).sum() - 2 * (W * self.Q_h[:, seen]).sum() + self.yy_h[seen].sum())
+            if err < best_err:
+                best, best_err = r * scale, err
+        return float(best)
+
+    @staticmethod
+    def _cholesky_solve(G: torch.Tensor, Q: torch.Tensor, lam: float) -> torch.Tensor:
+        A = G.clone()
+        A.diagonal().add_(lam)
+        L, info = torch.linalg.cholesky_ex(A)
+        if int(info) != 0:
+            return torch.linalg.solve(A, Q)
+        return torch.cholesky_solve(Q, L)
+
+    def solve(self, lam: float) -> torch.Tensor:
+        """(M, C) float32 ridge head on all the statistics so far: ``(G + G_h + lam I)^-1 (Q + Q_h)``."""
+        if self.G is None:
+            raise RuntimeError("RanPAC has seen no data: call fit_task first")
+        return self._cholesky_solve(self.G + self.G_h, self.Q + self.Q_h, lam).float()
+
+    def scores(self, features) -> np.ndarray:
+        """(N, n_classes) float32 ridge outputs (classes not seen yet score 0)."""
+        if self.weight is None:
+            raise RuntimeError("RanPAC has seen no data: call fit_task first")
+        X, _ = self._check(features)
+        out = [self.project(X[s:s + self.chunk]) @ self.weight for s in range(0, len(X), self.chunk)]
+        return (torch.cat(out) if out else X.new_zeros(0, self.n_classes)).numpy()
+
+    # ============ persistence ============
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("W_rand", "G", "Q", "G_h", "Q_h", "yy_h", "weight", "seen")} | {
+            "lam": torch.tensor(self.lam if self.lam is not None else float("nan")),
+            "tasks": torch.tensor(self.tasks), "dim": torch.tensor(self.dim if self.dim is not None else -1)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("W_rand", "G", "Q", "G_h", "Q_h", "yy_h", "weight", "seen"):
+            setattr(self, k, state[k])
+        lam = float(state["lam"])
+        self.lam = None if np.isnan(lam) else lam
+        self.tasks, dim = int(state["tasks"]), int(state["dim"])
+        self.dim = None if dim < 0 else dim
+
+
+class SLDA(_AnalyticHead):
+    """Linear discriminant analysis with a shared, shrunk covariance, learnt task by task.
+
+    Args:
+        n_classes: total number of classes of the stream.
+        shrinkage: ``Sigma <- (1 - s) Sigma + s I`` before inversion (Hayes & Kanan: 1e-4); 1 gives the
+            nearest-class-mean classifier (Euclidean) and skips the covariance.
+        chunk: rows per matrix product.
+    """
+
+    def __init__(self, n_classes: int, shrinkage: float = 1e-4, chunk: int = 4096) -> None:
+        super().__init__(n_classes, chunk)
+        if not 0 <= shrinkage <= 1:
+            raise ValueError(f"shrinkage must lie in [0, 1], got {shrinkage}")
+        self.shrinkage = float(shrinkage)
+        self.sums: torch.Tensor | None = None    # (C, D) float64 class sums
+        self.counts = torch.zeros(n_classes, dtype=torch.float64)
+        self.second: torch.Tensor | None = None  # (D, D) float64 sum of x x^T
+        self.weight: torch.Tensor | None = None  # (D, C) float32 Lambda mu
+        self.bias: torch.Tensor | None = None    # (C,) float32 -mu Lambda mu / 2
+
+    @property
+    def means(self) -> torch.Tensor:
+        """(C, D) float64 class means (zeros for classes not seen)."""
+        if self.sums is None:
+            raise RuntimeError("SLDA has seen no data: call fit_task first")
+        return self.sums / self.counts.clamp(min=1).unsqueeze(1)
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """(D, D) float64 pooled within-class covariance, ``(sum x x^T - sum_c n_c mu_c mu_c^T) / N``."""
+        mu = self.means
+        scatter = self.second - (mu.T * self.counts) @ mu
+        return scatter / self.counts.sum()
+
+    def fit_task(self, features, labels) -> "SLDA":
+        """Add one task's (N, D) features and (N,) labels, then re-solve the discriminant."""
+        X, y = self._check(features, labels)
+        if self.sums is None:
+            self.dim = X.shape[1]
+            self.sums = torch.zeros(self.n_classes, self.dim, dtype=torch.float64)
+            self.second = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        for s in range(0, len(X), self.chunk):
+            x, c = X[s:s + self.chunk].double(), y[s:s + self.chunk]
+            self.sums.index_add_(0, c, x)
+            self.counts += torch.bincount(c, minlength=self.n_classes).double()
+            if self.shrinkage < 1:  # shrinkage 1 is nearest class mean: the covariance is not needed
+                self.second += x.T @ x
+        self.seen[y.unique()] = True
+        self._solve()
+        return self
+
+    def set_shrinkage(self, shrinkage: float) -> "SLDA":
+        """Re-solve the discriminant with another shrinkage in (0, 1] (the statistics are kept)."""
+        if not 0 < shrinkage <= 1 or (shrinkage < 1 and self.shrinkage == 1):
+            raise ValueError(f"shrinkage must lie in (0, 1] (and the covariance was not accumulated at shrinkage 1), "
+                             f"got {shrinkage}")
+        self.shrinkage = float(shrinkage)
+        self._solve()
+        return self
+
+    def _solve(self) -> None:
+        if self.shrinkage == 1:
+            S = torch.eye(self.dim, dtype=torch.float64)
+        else:
+            S = (1 - self.shrinkage) * self.covariance
+            S.diagonal().add_(self.shrinkage)
+        mu = self.means
+        P = torch.linalg.solve(S, mu.T)  # (D, C) = Lambda mu
+        self.weight = P.float()
+        self.bias = (-0.5 * (mu.T * P).sum(0)).float()
+
+    def scores(self, features) -> np.ndarray:
+        """(N, n_classes) float32 discriminant scores (classes not seen yet score as a zero mean would)."""
+        if self.weight is None:
+            raise RuntimeError("SLDA has seen no data: call fit_task first")
+        X, _ = self._check(features)
+        out = [X[s:s + self.chunk] @ self.weight + self.bias for s in range(0, len(X), self.chunk)]
+        return (torch.cat(out) if out else X.new_zeros(0, self.n_classes)).numpy()
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "counts": self.counts, "second": self.second, "weight": self.weight,
+                "bias": self.bias, "seen": self.seen, "dim": torch.tensor(self.dim if self.dim is not None else -1)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("sums", "counts", "second", "weight", "bias", "seen"):
+            setattr(self, k, state[k])
+        dim = int(state["dim"])
+        self.dim = None if dim < 0 else dim

@@ -1,0 +1,131 @@
+"""Analytic heads: RanPAC equals the joint ridge solution whatever the class order; SLDA's statistics are exact."""
+
+import numpy as np
+import pytest
+import torch
+
+from memret.heads import SLDA, RanPAC
+
+
+def _blobs(n_classes=10, per_class=60, dim=24, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (n_classes, dim))
+    X = np.concatenate([c + spread * rng.normal(size=(per_class, dim)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), per_class)
+    return X, y
+
+
+def _stream(X, y, order, tasks=5):
+    per = len(order) // tasks
+    for t in range(tasks):
+        rows = np.flatnonzero(np.isin(y, order[t * per:(t + 1) * per]))
+        yield rows, X[rows], y[rows]
+
+
+@pytest.mark.parametrize("order", [list(range(10)), [7, 2, 9, 0, 4, 1, 8, 3, 6, 5]])
+def test_ranpac_after_a_stream_equals_the_joint_ridge_solution(order):
+    X, y = _blobs()
+    holdout = np.random.default_rng(3).random(len(y)) < 0.2  # a per-sample split, the same in every order
+    head = RanPAC(10, projection=64, ridge="auto", seed=5)
+    for rows, Xt, yt in _stream(X, y, order):
+        head.fit_task(Xt, yt, holdout=holdout[rows])
+    # joint: one ridge solve on all the data at once, same projection, same chosen ridge
+    H = torch.relu(torch.from_numpy(X).double() @ head.W_rand.double())
+    Y = torch.nn.functional.one_hot(torch.from_numpy(y), 10).double()
+    A = H.T @ H + head.lam * torch.eye(H.shape[1], dtype=torch.float64)
+    W_joint = torch.linalg.solve(A, H.T @ Y)
+    rel = (head.weight.double() - W_joint).norm() / W_joint.norm()
+    assert rel < 1e-6, rel
+    # and the ridge chosen from the held-out statistics is the one a joint search would choose
+    joint = RanPAC(10, projection=64, ridge="auto", seed=5).fit_task(X, y, holdout=holdout)
+    assert joint.lam == pytest.approx(head.lam, rel=1e-9)
+
+
+def test_ranpac_held_out_error_from_statistics_matches_the_direct_one():
+    X, y = _blobs(dim=12, per_class=30)
+    holdout = np.arange(len(y)) % 4 == 0
+    head = RanPAC(10, projection=32, ridge=0.5, seed=1).fit_task(X, y, holdout=holdout)
+    W = head._cholesky_solve(head.G, head.Q, 0.5)
+    H_h = head.project(X[holdout]).double()
+    Y_h = torch.nn.functional.one_hot(torch.from_numpy(y[holdout]), 10).double()
+    direct = float(((H_h @ W - Y_h) ** 2).sum())
+    from_stats = float((W * (head.G_h @ W)).sum() - 2 * (W * head.Q_h).sum() + head.yy_h.sum())
+    assert from_stats == pytest.approx(direct, rel=1e-8)
+
+
+def test_slda_class_means_and_covariance_are_exact_after_a_stream():
+    X, y = _blobs(dim=16, per_class=40, seed=1)
+    head = SLDA(10, shrinkage=1e-3)
+    for _, Xt, yt in _stream(X, y, [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]):
+        head.fit_task(Xt, yt)
+    Xd = X.astype(np.float64)
+    means = np.stack([Xd[y == c].mean(0) for c in range(10)])
+    np.testing.assert_allclose(head.means.numpy(), means, rtol=1e-12, atol=1e-12)
+    centred = Xd - means[y]
+    np.testing.assert_allclose(head.covariance.numpy(), centred.T @ centred / len(y), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [lambda: RanPAC(4, projection=128, seed=0), lambda: RanPAC(4, projection=0),
+                                  lambda: SLDA(4, shrinkage=1e-2)])
+def test_analytic_heads_separate_separable_toy_data(make):
+    X, y = _blobs(n_classes=4, per_class=50, dim=8, seed=2, spread=0.3)
+    head = make()
+    head.fit_task(X[y < 2], y[y < 2])
+    assert (head.predict(X[y < 2]) == y[y < 2]).all()     # only the seen classes are predicted
+    head.fit_task(X[y >= 2], y[y >= 2])
+    assert (head.predict(X) == y).mean() == 1.0
+
+
+def test_heads_round_trip_their_state_and_refuse_bad_input():
+    X, y = _blobs(n_classes=4, per_class=20, dim=6)
+    for make in (lambda: RanPAC(4, projection=16), lambda: SLDA(4)):
+        a = make().fit_task(X, y)
+        b = make()
+        b.load_state_dict(a.state_dict())
+        np.testing.assert_array_equal(a.scores(X), b.scores(X))
+        with pytest.raises(ValueError, match="dimensions"):
+            a.scores(X[:, :3])
+        with pytest.raises(ValueError, match="labels"):
+            make().fit_task(X, y + 10)
+        with pytest.raises(RuntimeError, match="fit_task"):
+            make().predict(X)
+
+
+def test_analytic_head_plugin_inside_an_avalanche_strategy_matches_the_head_alone():
+    pytest.importorskip("avalanche")
+    from avalanche.benchmarks.scenarios import class_incremental_benchmark
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.training.supervised import Naive
+
+    from memret.heads.plugin import AnalyticHeadPlugin
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self, X, y):
+            self.X, self.targets = torch.from_numpy(X), [int(t) for t in y]
+
+        def __len__(self):
+            return len(self.targets)
+
+        def __getitem__(self, i):
+            return self.X[i], self.targets[i]
+
+    X, y = _blobs(n_classes=4, per_class=30, dim=8, seed=4, spread=1.5)
+    Xte, yte = _blobs(n_classes=4, per_class=15, dim=8, seed=4, spread=1.5)
+    order = [2, 0, 3, 1]
+    bm = class_incremental_benchmark({"train": Data(X, y), "test": Data(Xte, yte)}, class_order=order,
+                                     num_experiences=2)
+    plugin = AnalyticHeadPlugin(SLDA(4, shrinkage=0.1))
+    model = torch.nn.Linear(8, 4)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                     criterion=torch.nn.CrossEntropyLoss(), train_epochs=1, train_mb_size=32, plugins=[plugin],
+                     evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
+    direct = SLDA(4, shrinkage=0.1)
+    for exp, classes in zip(bm.train_stream, (order[:2], order[2:])):
+        strategy.train(exp)
+        rows = np.isin(y, classes)
+        direct.fit_task(X[rows], y[rows])
+    np.testing.assert_allclose(plugin.head.scores(Xte), direct.scores(Xte), rtol=1e-5, atol=1e-5)
+    metrics = strategy.eval(bm.test_stream)
+    acc = next(v for k, v in metrics.items() if k.startswith("Top1_Acc_Stream"))
+    assert acc == pytest.approx(float((direct.predict(Xte) == yte).mean()))

@@ -1,0 +1,92 @@
+"""Label-free patch encoders: shapes, determinism, exact k-nearest counts, and fitting on the given images only."""
+
+import pytest
+import torch
+
+from memret.encoders.kmeans import PatchKMeansEncoder
+from memret.encoders.patches import PatchDictionaryEncoder
+
+
+def _images(n=24, side=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 3, side // 3, side // 3, generator=g)  # smooth-ish images: patches are correlated
+    return torch.nn.functional.interpolate(base, size=side, mode="bilinear", align_corners=False) \
+        + 0.1 * torch.randn(n, 3, side, side, generator=g)
+
+
+def _small(**kw):
+    return PatchDictionaryEncoder(**{"n_patches": 40, "patch": 4, "grid": 2, "batch": 5, **kw})
+
+
+def test_patch_dictionary_shapes_and_pooled_indicator_mass():
+    enc = _small().fit(_images(), seed=0)
+    assert enc.embed_dim == 2 * 40 * 4
+    x = _images(7, seed=1)
+    assert enc(x).shape == (7, enc.embed_dim)
+    assert enc.forward_features(x).shape == (7, 1, enc.embed_dim)
+    ind = enc.indicators(x)                               # (B, L, 2, D): L = 9 * 9 positions
+    assert ind.shape == (7, 81, 2, 40)
+    pooled = enc._pooled(x).view(7, 2, 4, 40)             # (B, sign, cell, D)
+    grid_ind = ind.float().view(7, 9, 9, 2, 40)
+    top_right = grid_ind[:, :4, 4:].mean((1, 2))          # cell (0, 1): rows 0-3, columns 4-8
+    torch.testing.assert_close(pooled[:, :, 1], top_right)
+    assert torch.all((pooled >= 0) & (pooled <= 1))
+
+
+def test_exact_threshold_marks_exactly_k_neighbours_of_each_sign():
+    enc = _small(threshold="exact", k_fraction=0.25).fit(_images(), seed=0)
+    ind = enc.indicators(_images(4, seed=2))
+    assert torch.all(ind.sum(-1) == enc.k)
+    # the marked atoms are the k nearest in whitened space, computed directly
+    x = _images(1, seed=3)
+    wx = enc._whitened(x)[0, 0]                           # first position
+    d_plus = ((enc.atoms - wx) ** 2).sum(1)
+    d_minus = ((enc.atoms + wx) ** 2).sum(1)
+    ind = enc.indicators(x)[0, 0]
+    assert set(torch.nonzero(ind[0]).flatten().tolist()) == set(d_plus.argsort()[:enc.k].tolist())
+    assert set(torch.nonzero(ind[1]).flatten().tolist()) == set(d_minus.argsort()[:enc.k].tolist())
+
+
+def test_moment_threshold_agrees_with_the_exact_one_on_most_entries():
+    imgs = _images(40)
+    exact = _small(threshold="exact", n_patches=200).fit(imgs, seed=0)
+    moment = _small(threshold="moment", n_patches=200)
+    moment.load_state_dict(exact.state_dict())
+    x = _images(6, seed=4)
+    agree = (exact.indicators(x) == moment.indicators(x)).float().mean()
+    assert agree > 0.9, agree
+    assert abs(moment.indicators(x).float().mean() - exact.k / 200) < 0.05
+
+
+def test_patch_dictionary_is_deterministic_and_fitted_only_on_the_given_images():
+    a, b = _images(seed=0), _images(seed=5)
+    e1, e2, e3 = _small().fit(a, seed=0), _small().fit(a, seed=0), _small().fit(a, seed=1)
+    x = _images(3, seed=6)
+    torch.testing.assert_close(e1(x), e2(x), rtol=0, atol=0)
+    assert not torch.equal(e1.atoms, e3.atoms)
+    # every atom, un-whitened, is a patch of the fitting images (and none of another set)
+    raw = e1.atoms.double() @ torch.linalg.inv(e1.whiten.double())
+    pats_a = e1._patches(a).reshape(-1, raw.shape[1]).double()
+    pats_b = e1._patches(b).reshape(-1, raw.shape[1]).double()
+    assert torch.cdist(raw, pats_a).min(1).values.max() < 1e-4
+    assert torch.cdist(raw, pats_b).min(1).values.min() > 1e-3
+    # encoding other images leaves the fitted state alone
+    state = {k: v.clone() for k, v in e1.state_dict().items()}
+    e1(b)
+    assert all(torch.equal(state[k], v) for k, v in e1.state_dict().items())
+
+
+def test_unfitted_patch_encoders_refuse_to_encode():
+    with pytest.raises(RuntimeError, match="fit"):
+        _small()(_images(2))
+    with pytest.raises(RuntimeError, match="fit"):
+        PatchKMeansEncoder(n_centroids=8)(_images(2))
+
+
+def test_kmeans_patches_shapes_and_determinism():
+    imgs = _images(30)
+    e1 = PatchKMeansEncoder(n_centroids=8, patch=4).fit(imgs, n_patches=2000, seed=0)
+    e2 = PatchKMeansEncoder(n_centroids=8, patch=4).fit(imgs, n_patches=2000, seed=0)
+    x = _images(4, seed=7)
+    assert e1(x).shape == (4, 32) and e1.embed_dim == 32
+    torch.testing.assert_close(e1(x), e2(x))
