@@ -336,21 +336,23 @@ def test_total_budget_below_classes_raises_and_reservoir_leaves_classes_out():
 
 def test_load_rejects_a_wrong_manifest(tmp_path, monkeypatch):
     import memret.memory.bank as bank_module
+    import memret.persist as persist_module  # ExemplarBank.load reads through persist.load_snapshot
 
     x, y = blobs(5, [0, 1], d=4, seed=0)
     bank = ExemplarBank(4, per_class=3, policy="reservoir", seed=2)
     bank.update(x, y, refs=np.arange(10))
     bank.save(tmp_path / "b")
-    meta, files = bank_module.read_snapshot(tmp_path / "b", bank_module._KIND)
+    meta, files = persist_module.read_snapshot(tmp_path / "b", bank_module._KIND)
     bad_metas = {"dim": dict(meta, dim="4"), "classes": dict(meta, classes=[0]), "metric": dict(meta, metric="dot"),
                  "seen": {k: v for k, v in meta.items() if k != "seen"}, "rng_state": dict(meta, rng_state={}),
                  "per_class": dict(meta, per_class=True), "class_seen": dict(meta, class_seen=[1]),
                  "budget": dict(meta, per_class=1)}
     for field, bad in bad_metas.items():
-        monkeypatch.setattr(bank_module, "read_snapshot", lambda *a, bad=bad, **kw: (bad, files))
+        monkeypatch.setattr(persist_module, "read_snapshot", lambda *a, bad=bad, **kw: (bad, files))
         with pytest.raises(CorruptSnapshotError):
             ExemplarBank.load(tmp_path / "b")
     # a bank saved before per-class reservoirs (no class_seen) still loads
     old = {k: v for k, v in meta.items() if k != "class_seen"}
-    monkeypatch.setattr(bank_module, "read_snapshot", lambda *a, **kw: (old, files))
+    monkeypatch.setattr(persist_module, "read_snapshot", lambda *a, **kw: (old, files))
     assert ExemplarBank.load(tmp_path / "b").refs.tolist() == bank.refs.tolist()
+

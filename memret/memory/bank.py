@@ -27,7 +27,7 @@ from memret.index.dense import DenseIndex, Metric, as_matrix
 from memret.memory import checks
 from memret.memory.policies import Policy, _normalize, get_policy
 from memret.memory.reservoir import reservoir_slots, reservoir_take
-from memret.persist import CorruptSnapshotError, read_snapshot, write_snapshot
+from memret.persist import CorruptSnapshotError, load_snapshot, write_snapshot
 
 _KIND = "memret.ExemplarBank"
 FORMAT_VERSION = 1
@@ -311,7 +311,11 @@ class ExemplarBank:
         Raises:
             CorruptSnapshotError: naming the file or metadata field that is missing or wrong.
         """
-        meta, files = read_snapshot(path, _KIND, verify=verify)
+        # load_snapshot retries when a concurrent save moves the manifest on: old or new, never an error.
+        return load_snapshot(path, _KIND, lambda meta, files: cls._from_snapshot(path, meta, files), verify=verify)
+
+    @classmethod
+    def _from_snapshot(cls, path: str | os.PathLike, meta: dict[str, Any], files: dict) -> "ExemplarBank":
         if checks.meta_field(meta, "format_version", path, int) != FORMAT_VERSION:
             raise CorruptSnapshotError(f"{path}: bank format {meta['format_version']}, expected {FORMAT_VERSION}")
         try:
