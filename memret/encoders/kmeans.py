@@ -85,9 +85,11 @@ class PatchKMeansEncoder(nn.Module):
         f = f.transpose(1, 2).reshape(x.shape[0], -1, side, side)
         return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4K), quadrant pooling
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, 4K), a few images at a time: at most ~32M distances live at once."""
+        """(B, C, H, W) -> (B, 4K), a few images at a time: at most ~32M distances live at once.
+
+        Differentiable in ``x`` (the encoder contract); callers that only encode wrap it in
+        ``torch.inference_mode()``, as feature extraction does."""
         positions = (x.shape[-2] - self.patch + 1) * (x.shape[-1] - self.patch + 1)
         step = max(1, (1 << 25) // (positions * self.n_centroids))
         out = [self._pooled(x[s:s + step]) for s in range(0, len(x), step)]
