@@ -13,16 +13,23 @@ NO_REMOVE = (faiss.IndexHNSW, faiss.IndexNSG, faiss.IndexNNDescent)
 _ID_WRAPPERS = (faiss.IndexIDMap, faiss.IndexIDMap2)
 
 
-def core(index: faiss.Index) -> faiss.Index:
-    """The index doing the search, under IDMap / pre-transform / refine wrappers."""
+def _layers(index: faiss.Index):
+    """Each index from the outside in, through IDMap / pre-transform / refine wrappers (downcast)."""
     index = faiss.downcast_index(index)
     while True:
+        yield index
         if isinstance(index, (*_ID_WRAPPERS, faiss.IndexPreTransform)):
             index = faiss.downcast_index(index.index)
         elif isinstance(index, faiss.IndexRefine):
             index = faiss.downcast_index(index.base_index)
         else:
-            return index
+            return
+
+
+def core(index: faiss.Index) -> faiss.Index:
+    """The index doing the search, under IDMap / pre-transform / refine wrappers."""
+    *_, last = _layers(index)
+    return last
 
 
 def build(dim: int, factory: str, metric: str) -> faiss.Index:
@@ -94,16 +101,7 @@ def set_search_params(index: faiss.Index, params: dict[str, Any], factory: str, 
 # ---------------------------------------------------------------------- loaded files
 def _chain(index: faiss.Index) -> list[type]:
     """Classes from the outside in, ignoring IDMap wrappers (whether memret adds one changed over time)."""
-    kinds, index = [], faiss.downcast_index(index)
-    while True:
-        if not isinstance(index, _ID_WRAPPERS):
-            kinds.append(type(index))
-        if isinstance(index, (*_ID_WRAPPERS, faiss.IndexPreTransform)):
-            index = faiss.downcast_index(index.index)
-        elif isinstance(index, faiss.IndexRefine):
-            index = faiss.downcast_index(index.base_index)
-        else:
-            return kinds
+    return [type(layer) for layer in _layers(index) if not isinstance(layer, _ID_WRAPPERS)]
 
 
 def _same_kind(a: type, b: type) -> bool:
