@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -17,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from memret.jsonl import iter_json_objects, iter_lines, kind
+
 log = logging.getLogger(__name__)
-_BOM = b"\xef\xbb\xbf"
 _INT = re.compile(r"[+-]?[0-9]+")
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 
@@ -37,40 +37,13 @@ class BeirData:
         return f"BeirData({self.name!r}, docs={len(self.corpus)}, queries={len(self.queries)})"
 
 
-def _lines(path: Path):
-    """``(line number, text)`` for each line of a UTF-8 file; a leading BOM is dropped, a byte that is not
-    UTF-8 is an error naming the file and line."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]
-            try:
-                yield n, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{n}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                                 "BEIR files are UTF-8") from None
-
-
-def _kind(v) -> str:
-    return "null" if v is None else {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-                                     list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
-
-
 def _jsonl(path: Path, text_fields: tuple[str, ...], need_text: bool):
     """``(line number, id, {field: str})`` for each record of a BEIR ``.jsonl`` file, checked.
 
     ``_id`` must be a non-empty string or an integer (kept as its decimal string); each of ``text_fields`` must be
     a string or null/absent (read as ""), except ``text`` when ``need_text``, which must be a string.
     """
-    for n, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {_kind(obj)}")
+    for n, obj in iter_json_objects(path):
         missing = [k for k in ("_id",) + (("text",) if need_text else ()) if k not in obj]
         if missing:
             raise ValueError(f"{path}:{n}: missing field(s) {missing}")
@@ -78,7 +51,7 @@ def _jsonl(path: Path, text_fields: tuple[str, ...], need_text: bool):
         if isinstance(did, int) and not isinstance(did, bool):
             did = str(did)
         if not isinstance(did, str) or not did:
-            got = "an empty string" if did == "" else _kind(did)
+            got = "an empty string" if did == "" else kind(did)
             raise ValueError(f"{path}:{n}: _id must be a non-empty string, got {got}")
         fields = {}
         for k in text_fields:
@@ -87,7 +60,7 @@ def _jsonl(path: Path, text_fields: tuple[str, ...], need_text: bool):
                 v = ""
             if not isinstance(v, str):
                 allowed = "a string" if need_text and k == "text" else "a string or null"
-                raise ValueError(f"{path}:{n}: field {k!r} must be {allowed}, got {_kind(v)}")
+                raise ValueError(f"{path}:{n}: field {k!r} must be {allowed}, got {kind(v)}")
             fields[k] = v
         yield n, did, fields
 
@@ -119,7 +92,7 @@ def _read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[tuple[str, 
     """Qrels and the line each judgement was read from."""
     qrels: dict[str, dict[str, int]] = {}
     where: dict[tuple[str, str], int] = {}
-    numbered = _lines(path)
+    numbered = iter_lines(path)
     line_no = [0]
 
     def texts():
