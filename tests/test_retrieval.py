@@ -331,9 +331,9 @@ def _tiny_bert(path: Path, seed: int = 0) -> str:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["the", "memory"]
-    (path / "vocab.txt").parent.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(vocab))
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    path.mkdir(parents=True, exist_ok=True)
+    # transformers 5 ignores vocab_file= (every word would become [UNK]): pass the vocabulary itself
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(path)
     import torch
 
     torch.manual_seed(seed)
@@ -345,6 +345,10 @@ def _tiny_bert(path: Path, seed: int = 0) -> str:
 def test_distributed_encoding_matches_single_process(tmp_path):
     pytest.importorskip("transformers")
     model = _tiny_bert(tmp_path / "bert")
+    from transformers import AutoTokenizer
+
+    # the saved tokenizer knows the words (not all [UNK]): the texts below encode to distinct token ids
+    assert AutoTokenizer.from_pretrained(model)("the memory a z")["input_ids"] == [2, 31, 32, 5, 30, 3]
     texts = [" ".join(["the memory"] * (i % 7 + 1)) for i in range(23)]
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     script = Path(__file__).with_name("dist_encode_worker.py")

@@ -248,7 +248,7 @@ def test_mining_never_returns_a_known_positive(tiny):
 
 
 # ------------------------------------------------------------------ the loop: resume, learning, export
-def _unsup_run(path, model_path, crash_at=None, steps=6):
+def _unsup_run(path, model_path, crash_at=None, steps=6, **loop):
     enc, tok, max_len = load_encoder(model_path)
     model = MoCo(enc, queue_size=16, momentum=0.99, temperature=0.1)
     from memret.retrieval.train.corpus import CropPairs as CP, pad
@@ -264,7 +264,7 @@ def _unsup_run(path, model_path, crash_at=None, steps=6):
         ki, km = pad(batch["k"], tok.pad_token_id)
         return {"q_ids": qi, "q_mask": qm, "k_ids": ki, "k_mask": km}
 
-    cfg = LoopConfig(lr=1e-3, steps=steps, checkpoint_every=3, progress=False)
+    cfg = LoopConfig(**{"lr": 1e-3, "steps": steps, "checkpoint_every": 3, "progress": False, **loop})
     return model, fit(model, lambda s: stream.batches(4, s), to_inputs, cfg, path["out"],
                       lambda d: save_encoder(model.encoder, tok, d, max_len))
 
@@ -282,6 +282,33 @@ def test_resume_is_exact(tiny, tmp_path):
     assert len(log("whole")) == 6 and log("whole") == log("split")
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_minutes_schedule_ends_when_the_time_ends(tiny, tmp_path, monkeypatch):
+    """With only a time budget, the schedule sized from the first steps is re-sized as the pace changes: on a
+    machine that slows down 2x after the probe, the warm-up + decay still completes (lr near 0 at the last step)
+    within the budget, instead of being cut off by the hard stop."""
+    from types import SimpleNamespace
+
+    from memret.retrieval.train import loop as loop_module
+    from memret.retrieval.train.loop import resize
+
+    assert resize(5, 100, seconds_left=30.0, seconds_per_step=2.0) == 5 + 14  # 0.97 * 30 / 2 = 14.55
+    assert resize(5, 100, seconds_left=-3.0, seconds_per_step=2.0) == 6  # out of time: one more step
+    clock = {"t": 0.0, "calls": 0}
+
+    def perf_counter():  # 1 s per call during the probe, then 2 s: the machine got busy
+        clock["calls"] += 1
+        clock["t"] += 1.0 if clock["calls"] <= 8 else 2.0
+        return clock["t"]
+
+    monkeypatch.setattr(loop_module, "time", SimpleNamespace(perf_counter=perf_counter))
+    _, summary = _unsup_run({"beir": tiny["beir"], "out": tmp_path / "timed"}, tiny["model"], steps=None,
+                            minutes=1.0, resize_every=3, checkpoint_every=1000)
+    hist = [json.loads(x) for x in (tmp_path / "timed" / "log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == summary["total_steps"] == len(hist) >= 3  # the schedule ran to its end
+    assert hist[-1]["seconds"] <= 60.0
+    assert hist[-1]["lr"] < 0.25 * max(h["lr"] for h in hist)  # decayed, not cut off at its peak
 
 
 def test_finetune_cli_lowers_loss_and_exports(tiny, tmp_path):

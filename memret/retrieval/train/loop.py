@@ -33,7 +33,9 @@ class LoopConfig:
     """Optimisation and bookkeeping of one run.
 
     ``steps`` fixes the schedule's length; with only ``minutes``, the first steps are timed and the schedule
-    is sized to fit the time (then fixed, and kept on resume). With both, ``minutes`` is also a hard stop.
+    is sized to fit the time, then re-sized every ``resize_every`` steps from the measured pace (machines
+    shared with other jobs speed up and slow down), so the warm-up + decay ends when the time ends. The
+    budget counts across resumes. With both, ``minutes`` is only a hard stop.
     """
 
     lr: float = 5e-5
@@ -45,6 +47,7 @@ class LoopConfig:
     steps: int | None = None
     minutes: float | None = None
     checkpoint_every: int = 100
+    resize_every: int = 10           # minutes-sized schedules: re-size every N steps (0: never)
     export_every: int | None = None  # also export the encoder to out/step-N every N steps (model selection)
     seed: int = 0
     device: str = "cpu"
@@ -62,6 +65,14 @@ def _agree(x: float, op=None) -> float:
     else:
         dist.broadcast(t, 0)
     return float(t.item())
+
+
+def resize(step: int, total: int, seconds_left: float, seconds_per_step: float, margin: float = 0.97) -> int:
+    """The schedule length that ends when the time does: ``step`` plus the steps that fit in ``margin`` of
+    ``seconds_left`` at ``seconds_per_step`` (at least one more step; never fewer than done)."""
+    if seconds_per_step <= 0:
+        return total
+    return step + max(1, int(margin * max(seconds_left, 0.0) / seconds_per_step))
 
 
 def _probe_seconds_per_step(model, batches, to_inputs, autocast, n: int = 3) -> float:
@@ -115,16 +126,18 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterator[dict]], to_inp
     if ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, map_location=device, model=model, optimizer=opt)
         step, history, total = ckpt["step"], ckpt["history"], ckpt["total_steps"]
+        if history:  # the time budget counts the time already spent
+            t_start -= history[-1]["seconds"]
         set_rng_state(ckpt["rng"][rank] if len(ckpt["rng"]) == world else ckpt["rng"][0])
         log.info("resumed from %s at step %d of %d", ckpt_path, step, total)
     if step == 0:  # dropout masks; a resumed run restores the generator instead
         torch.manual_seed(cfg.seed + 1000 * rank)
+    timed = cfg.steps is None and cfg.minutes is not None  # the schedule follows the clock
     if total is None:
         if cfg.minutes is None:
             raise ValueError("give the number of steps, the minutes, or both")
         per_step = _agree(_probe_seconds_per_step(model, batches, to_inputs, autocast), op="max")
-        left = cfg.minutes * 60 - (time.perf_counter() - t_start)
-        total = max(1, int(0.95 * left / per_step))
+        total = resize(0, 1, cfg.minutes * 60 - (time.perf_counter() - t_start), per_step, 0.95)
         log.info("%.2f s per step: %d steps fit in %.1f minutes", per_step, total, cfg.minutes)
     lr = linear_warmup_decay(cfg.lr, total, int(round(cfg.warmup * total)))
 
@@ -148,7 +161,20 @@ def fit(model: torch.nn.Module, batches: Callable[[int], Iterator[dict]], to_inp
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=step, desc="training", unit="step", dynamic_ncols=True)
+    t_loop, step_loop = time.perf_counter(), step
     while step < total:
+        if (timed and cfg.resize_every and step > step_loop and (step - step_loop) % cfg.resize_every == 0):
+            now = time.perf_counter()
+            pace = _agree((now - t_loop) / (step - step_loop), op="max")
+            new = int(_agree(resize(step, total, cfg.minutes * 60 - (now - t_start), pace)))
+            if new != total:
+                if abs(new - total) >= max(2, total // 50):
+                    log.info("%.2f s per step: schedule re-sized from %d to %d steps", pace, total, new)
+                total = new
+                lr = linear_warmup_decay(cfg.lr, total, int(round(cfg.warmup * total)))
+                if bar is not None:
+                    bar.total = total
+                    bar.refresh()
         if cfg.minutes is not None and _agree(time.perf_counter() - t_start > cfg.minutes * 60, op="max"):
             log.warning("time budget of %.1f minutes reached at step %d of %d", cfg.minutes, step, total)
             break
