@@ -77,6 +77,24 @@ def test_interpolate_minmax():
         interpolate([a], [0.5, 0.5])
 
 
+def test_hybrid_interpolation_normalises_as_asked():
+    """z-score and min-max mixing rank differently when one run has an outlier; HybridRetriever passes its norm on."""
+    from memret.retrieval import HybridRetriever
+
+    bm25 = [Hit("a", 30.0), Hit("b", 10.0), Hit("c", 9.0), Hit("d", 8.0)]  # one outlier on top
+    dense = [Hit("c", 0.9), Hit("d", 0.8), Hit("b", 0.2), Hit("a", 0.1)]
+    ranked = {}
+    for norm in ("minmax", "zscore"):
+        h = HybridRetriever([None, None], method="interpolate", weights=[0.5, 0.5], norm=norm)
+        ranked[norm] = [x.docid for x in h.fuse([[bm25], [dense]], 4)[0]]
+        assert ranked[norm] == [x.docid for x in interpolate([bm25, dense], [0.5, 0.5], norm, depth=4)]
+    # by hand: min-max gives a 0.5 + 0, c 0.045/2 + 0.5, so c leads; z-scores give a (1.73 - 1.13)/2 = 0.30 and
+    # c (-0.58 + 1.13)/2 = 0.28 (BM25's outlier is worth 1.7 standard deviations), so a leads
+    assert ranked["minmax"][0] == "c" and ranked["zscore"][0] == "a"
+    with pytest.raises(ValueError, match="normalisation"):
+        HybridRetriever([None], method="interpolate", norm="l2")
+
+
 def test_load_beir_and_errors(tiny_beir, tmp_path):
     data = load_beir(tiny_beir)
     assert len(data.corpus) == 6 and set(data.queries) == {"q1", "q2", "q3"}
@@ -446,6 +464,17 @@ def test_cli_hybrid_reuses_indexed_retrievers(tiny_beir, tmp_path, monkeypatch):
     for qid, ranked in _trec(tmp_path / "o" / "tiny" / "hybrid.trec").items():
         assert ranked == [h.docid for h in fused if h.docid != qid][:3]
     assert _trec(tmp_path / "o" / "tiny" / "bm25.trec")["q2"] == ["d1", "d3", "d5"]
+
+    # --fusion interpolate --norm zscore --dense-weight W: the same hit lists mixed by weighted z-scores
+    calls.clear()
+    main(["--data", str(tiny_beir), "--retriever", "hybrid", "--k", "3", "--out", str(tmp_path / "z"),
+          "--cache", str(tmp_path / "idx"), "--fusion", "interpolate", "--norm", "zscore", "--dense-weight", "0.8"])
+    mixed = interpolate([[Hit(d, 10.0 - i) for i, d in enumerate(order[r][:4])] for r in ("bm25", "dense")],
+                        [0.2, 0.8], "zscore", depth=4)
+    for qid, ranked in _trec(tmp_path / "z" / "tiny" / "hybrid.trec").items():
+        assert ranked == [h.docid for h in mixed if h.docid != qid][:3]
+    with pytest.raises(SystemExit, match="dense-weight"):
+        main(["--data", str(tiny_beir), "--retriever", "hybrid", "--dense-weight", "1.5"])
 
 
 def test_cli_bad_folder_message(tmp_path):

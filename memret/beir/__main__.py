@@ -8,8 +8,9 @@ For each data set and retriever: writes ``<out>/<dataset>/<retriever>.trec`` and
 and prints the metrics as one JSON object on its last line, keyed by
 pytrec_eval names (``ndcg_cut_10``, ``recall_100``, ...), nested per retriever
 when several are run and per data set when several are given.
-``hybrid`` fuses the BM25 and dense rankings by reciprocal rank fusion (k=60) with
-:class:`~memret.retrieval.HybridRetriever`, reusing the BM25 and dense retrievers'
+``hybrid`` fuses the BM25 and dense rankings with :class:`~memret.retrieval.HybridRetriever`: reciprocal
+rank fusion (k=60) by default, or ``--fusion interpolate --norm zscore --dense-weight W`` (a weighted sum
+of per-query normalised scores; choose W on held-out queries, as experiments/contriever_fusion.py does), reusing the BM25 and dense retrievers'
 indexes and hit lists (each corpus is indexed and searched once per retriever).
 """
 
@@ -43,12 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-length", type=int, default=None, help="passage/query truncation (default: the model's)")
     ap.add_argument("--cache", default="indices", help="where Lucene indexes and corpus embeddings are kept")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fusion", choices=["rrf", "interpolate"], default="rrf", help="how hybrid fuses")
+    ap.add_argument("--norm", choices=["minmax", "zscore", "none"], default="minmax",
+                    help="score normalisation of --fusion interpolate")
+    ap.add_argument("--dense-weight", type=float, default=0.5,
+                    help="--fusion interpolate: weight of the dense scores (BM25 gets 1 - W)")
     ap.add_argument("--keep-self", action="store_true", help="do not drop a query's own id from its results")
     return ap
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
+    if not 0.0 <= args.dense_weight <= 1.0:
+        raise SystemExit(f"--dense-weight must be in [0, 1], got {args.dense_weight}")
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     wanted = list(dict.fromkeys(args.retriever))
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     depth = args.k + int(exclude)  # one deeper than k, so dropping a query's own id still leaves k
     hybrid = None
     if "hybrid" in wanted:  # fuses the two retrievers above: their indexes and hit lists are reused
-        hybrid = HybridRetriever([retrievers["bm25"], retrievers["dense"]], method="rrf", rrf_k=60, depth=depth)
+        hybrid = HybridRetriever([retrievers["bm25"], retrievers["dense"]], method=args.fusion, rrf_k=60, depth=depth,
+                                 weights=[1.0 - args.dense_weight, args.dense_weight], norm=args.norm)
 
     results: dict[str, dict[str, dict]] = {r: {} for r in wanted}
     timing: dict[str, dict[str, float]] = {r: {} for r in need}

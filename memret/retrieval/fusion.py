@@ -69,7 +69,8 @@ class HybridRetriever:
 
     Args:
         retrievers: the retrievers to fuse (each is indexed with the same corpus).
-        method: ``"rrf"`` (k = ``rrf_k``) or ``"interpolate"`` (min-max normalised, ``weights``).
+        method: ``"rrf"`` (k = ``rrf_k``) or ``"interpolate"`` (a ``weights``-weighted sum of each run's
+            scores after ``norm``: ``"minmax"``, ``"zscore"`` or ``"none"``).
         depth: how deep each retriever is read before fusing (default: max(k, 100)).
 
     Retrievers that are already indexed need no :meth:`index` call; when their hit lists are at hand
@@ -77,9 +78,13 @@ class HybridRetriever:
     """
 
     def __init__(self, retrievers: Sequence[Retriever], method: str = "rrf", rrf_k: int = 60,
-                 weights: Sequence[float] | None = None, depth: int | None = None) -> None:
+                 weights: Sequence[float] | None = None, depth: int | None = None,
+                 norm: Literal["minmax", "zscore", "none"] = "minmax") -> None:
         if method not in ("rrf", "interpolate"):
             raise ValueError(f"unknown fusion {method!r}; known: ['interpolate', 'rrf']")
+        if norm not in ("minmax", "zscore", "none"):
+            raise ValueError(f"unknown score normalisation {norm!r}; known: ['minmax', 'none', 'zscore']")
+        self.norm = norm
         if not retrievers:
             raise ValueError("HybridRetriever needs at least one retriever")
         self.retrievers, self.method, self.rrf_k, self.depth = list(retrievers), method, rrf_k, depth
@@ -110,7 +115,7 @@ class HybridRetriever:
             if self.method == "rrf":
                 out.append(rrf(per_q, self.rrf_k, k))
             else:
-                out.append(interpolate(per_q, self.weights, depth=k))
+                out.append(interpolate(per_q, self.weights, self.norm, depth=k))
         return out
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
