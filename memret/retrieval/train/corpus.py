@@ -9,13 +9,13 @@ slice the same global batches, and a resumed run fast-forwards to the step it st
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from memret.jsonl import iter_json_objects
 from memret.retrieval.base import doc_text
 from memret.retrieval.train.cropping import chunks, crop_pair, example_rng
 
@@ -51,30 +51,24 @@ def iter_documents(path: str | os.PathLike) -> Iterator[str]:
         ValueError: a malformed JSONL line (with file and line number).
     """
     for f in corpus_files(path):
+        if f.suffix == ".jsonl":
+            for n, obj in iter_json_objects(f):
+                if not ({"text", "contents", "title"} & set(obj)):
+                    raise ValueError(f"{f}:{n}: expected an object with 'text', 'contents' or 'title'")
+                text = doc_text(obj) if ("text" in obj or "title" in obj) else str(obj["contents"])
+                if text.strip():
+                    yield text
+            continue
+        para: list[str] = []  # a text file: one document per paragraph
         with open(f, encoding="utf-8") as fh:
-            if f.suffix == ".jsonl":
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{f}:{n}: not valid JSON ({e.msg})") from None
-                    if not isinstance(obj, dict) or not ({"text", "contents", "title"} & set(obj)):
-                        raise ValueError(f"{f}:{n}: expected an object with 'text', 'contents' or 'title'")
-                    text = doc_text(obj) if ("text" in obj or "title" in obj) else str(obj["contents"])
-                    if text.strip():
-                        yield text
-            else:
-                para: list[str] = []
-                for line in fh:
-                    if line.strip():
-                        para.append(line.strip())
-                    elif para:
-                        yield " ".join(para)
-                        para = []
-                if para:
+            for line in fh:
+                if line.strip():
+                    para.append(line.strip())
+                elif para:
                     yield " ".join(para)
+                    para = []
+        if para:
+            yield " ".join(para)
 
 
 def shuffled(items: Iterable, buffer: int, rng: np.random.Generator) -> Iterator:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 
+from memret.jsonl import iter_json_objects
 from memret.retrieval.base import doc_text
 
 
@@ -67,23 +68,19 @@ def pairs_from_jsonl(path: str | os.PathLike) -> Pairs:
         ValueError: a malformed line (with its number).
     """
     queries, pos, negs, corpus = {}, {}, {}, {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                q, ps, ns = obj["query"], list(obj["positives"]), list(obj.get("negatives", []))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: expected {{'query': str, 'positives': [str, ...]}} ({e})") from None
-            if not isinstance(q, str) or not ps or not all(isinstance(t, str) for t in ps + ns):
-                raise ValueError(f"{path}:{n}: 'query' must be a string, 'positives' a non-empty list of strings")
-            qid = f"q{n}"
-            queries[qid] = q
-            pos[qid] = [_docid(t) for t in ps]
-            negs[qid] = [_docid(t) for t in ns]
-            for t in ps + ns:
-                corpus[_docid(t)] = {"title": "", "text": t}
+    for n, obj in iter_json_objects(path):
+        try:
+            q, ps, ns = obj["query"], list(obj["positives"]), list(obj.get("negatives", []))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: expected {{'query': str, 'positives': [str, ...]}} ({e!r})") from None
+        if not isinstance(q, str) or not ps or not all(isinstance(t, str) for t in ps + ns):
+            raise ValueError(f"{path}:{n}: 'query' must be a string, 'positives' a non-empty list of strings")
+        qid = f"q{n}"
+        queries[qid] = q
+        pos[qid] = [_docid(t) for t in ps]
+        negs[qid] = [_docid(t) for t in ns]
+        for t in ps + ns:
+            corpus[_docid(t)] = {"title": "", "text": t}
     if not queries:
         raise ValueError(f"{path} holds no pairs")
     out = Pairs(queries, pos, corpus)
