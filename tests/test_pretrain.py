@@ -267,6 +267,36 @@ def test_resume_is_exact(tmp_path):
         torch.testing.assert_close(v, want[k], rtol=0, atol=0, msg=k)
 
 
+def test_cifar_resnet_depth_and_width_come_back_from_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    enc = E.create("resnet32_cifar", depth=8, width=8)
+    assert sum(m.__class__.__name__ == "_Basic" for m in enc.modules()) == 3 and enc.embed_dim == 32
+    obj = small_dino(enc)
+    pretrain(obj, blob_images(16), PretrainConfig(epochs=1, batch_size=8, seed=1), out_dir=tmp_path, progress=False)
+    loaded = E.create("resnet32_cifar", checkpoint=tmp_path / "checkpoint.pt")  # depth and width read from the file
+    want = obj.encoder().state_dict()
+    assert loaded.state_dict().keys() == want.keys()
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, want[k])
+    assert E.create("resnet32_cifar").embed_dim == 64  # the default is still ResNet-32, width 16
+    assert sum(m.__class__.__name__ == "_Basic" for m in E.create("resnet32_cifar").modules()) == 15
+    with pytest.raises(ValueError, match="6n\\+2"):
+        E.create("resnet32_cifar", depth=10)
+
+
+def test_global_scale_and_learned_last_layer_norms():
+    _, boxes = dino_views(16, 8, 0, global_scale=(0.6, 0.7))(blob_images(64).batch(np.arange(64)), step_generator(0, 0))
+    assert len(boxes) == 2
+    for b in boxes:
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        assert area.min() >= 0.6 - 1e-5 and area.max() <= 0.7 + 1e-5
+    _, boxes = swav_views(16, 8, 0, global_scale=(0.6, 0.7))(blob_images(64).batch(np.arange(64)), step_generator(0, 0))
+    area = (boxes[0][:, 2] - boxes[0][:, 0]) * (boxes[0][:, 3] - boxes[0][:, 1])
+    assert area.min() >= 0.6 - 1e-5 and area.max() <= 0.7 + 1e-5
+    assert not small_dino(tiny_vit()).student_head().last_layer.g.requires_grad
+    assert small_dino(tiny_vit(), norm_last_layer=False).student_head().last_layer.g.requires_grad
+
+
 # ------------------------------------------------------------------ evaluation
 def test_knn_weighted_vote():
     bank = np.array([[1.0, 0.0], [0.0, 1.0], [0.05, 1.0], [1.0, 0.02]], np.float32)
@@ -316,8 +346,9 @@ def test_cli_digits(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "memret.pretrain", "--objective", "dino", "--encoder", "resnet32_cifar", "--data",
          "digits", "--minutes", "0.05", "--batch-size", "32", "--local-crops", "2", "--out", str(tmp_path),
+         "--encoder-kw", '{"depth": 8}', "--global-scale", "0.14", "1.0",
          "--compare-random-init", "--no-progress", "--threads", "2", "--knn-bank", "300", "--knn-test", "100",
-         "--final-eval", "monitor",
+         "--final-eval", "monitor", "--monitor-split", "val",
          "--set", "out_dim=64", "--set", "hidden=32"],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -326,4 +357,5 @@ def test_cli_digits(tmp_path):
         assert key in summary
     assert 0.1 < summary["knn_top1"] <= 1 and summary["steps"] >= 1
     assert (tmp_path / "knn.png").is_file()
-    E.create("resnet32_cifar", checkpoint=summary["checkpoint"])
+    assert "held-out training" in summary["note"] and summary["encoder_kw"] == {"depth": 8}
+    assert E.create("resnet32_cifar", checkpoint=summary["checkpoint"]).embed_dim == 64

@@ -57,8 +57,35 @@ class CifarResNet(nn.Module):
         return f.mean(dim=(2, 3))
 
 
-def resnet32_encoder(checkpoint=None) -> Encoder:
-    model = CifarResNet(n=5)
+def resnet32_encoder(checkpoint=None, depth: int | None = None, width: int | None = None) -> Encoder:
+    """He et al.'s CIFAR ResNet: ``depth`` = 6n+2 layers (32 by default; 8, 14, 20 are cheaper), stage widths
+    ``(width, 2 width, 4 width)`` (16 by default). Left unset, depth and width are read from ``checkpoint``
+    when one is given (a memret.pretrain checkpoint of a ResNet-20 loads under this name), else 32 and 16.
+    """
+    if checkpoint is not None and (depth is None or width is None):
+        d, w = _cifar_resnet_shape(checkpoint)
+        depth, width = depth or d, width or w
+    depth, width = depth or 32, width or 16
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"a CIFAR ResNet has 6n+2 layers (8, 14, 20, 32, 44, 56, ...), got depth {depth}")
+    model = CifarResNet(n=(depth - 2) // 6, widths=(width, 2 * width, 4 * width))
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return Encoder(model)
+
+
+def _cifar_resnet_shape(checkpoint) -> tuple[int | None, int | None]:
+    """(depth, width) of the CIFAR ResNet stored in ``checkpoint`` ((None, None) when it is not one)."""
+    from pathlib import Path
+
+    from memret.encoders.convert import convert_checkpoint
+
+    path = Path(checkpoint)
+    if not path.is_file() or path.suffix == ".safetensors":
+        return None, None
+    state = convert_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+    blocks = {k.split(".")[1] for k in state if k.startswith("layers.") and k.endswith(".conv1.weight")}
+    stem = state.get("stem.0.weight")
+    if not blocks or stem is None:
+        return None, None
+    return 6 * (len(blocks) // 3) + 2, int(stem.shape[0])

@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-grad", type=float, default=3.0)
     p.add_argument("--local-crops", type=int, default=6)
     p.add_argument("--local-size", type=int, default=16)
+    p.add_argument("--global-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="area range of the global crops (dino, swav; default: the objective's own)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="objective keyword, e.g. --set out_dim=2048 --set momentum_teacher=0.99")
     p.add_argument("--seed", type=int, default=0)
@@ -51,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--knn-every", type=int, default=1, help="epochs between k-NN monitor points (0: end only)")
     p.add_argument("--knn-bank", type=int, default=10000, help="bank size of the per-epoch monitor")
     p.add_argument("--knn-test", type=int, default=2000, help="test images of the per-epoch monitor")
+    p.add_argument("--monitor-split", choices=["test", "val"], default="test",
+                   help="queries of the per-epoch monitor: test images, or (for choosing hyper-parameters) "
+                        "--knn-test training images held out of the monitor's bank (labels used for scoring only)")
     p.add_argument("--final-eval", choices=["full", "monitor"], default="full",
                    help="full: whole train split as bank, whole test split; monitor: the monitor's subsets only")
     p.add_argument("--compare-random-init", action="store_true")
@@ -99,6 +104,7 @@ def build_encoder(name: str, kw: dict, probe_size: int):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    import numpy as np
     import torch
 
     from memret.pretrain import OBJECTIVES, PretrainConfig, knn_accuracy, load_images, pretrain
@@ -130,14 +136,24 @@ def main(argv: list[str] | None = None) -> dict:
         enc, enc_kw = build_encoder(args.encoder, json.loads(args.encoder_kw), args.local_size)
         init_state = copy.deepcopy(enc.state_dict())
         make, views_fn = OBJECTIVES[args.objective]
-        views = views_fn(global_size=args.image_size, local_size=args.local_size, n_local=args.local_crops)
+        crop_kw = {} if args.global_scale is None else {"global_scale": tuple(args.global_scale)}
+        if crop_kw and args.objective not in ("dino", "swav"):
+            raise ValueError(f"--global-scale applies to dino and swav, not {args.objective}")
+        views = views_fn(global_size=args.image_size, local_size=args.local_size, n_local=args.local_crops, **crop_kw)
         objective = make(enc, views=views, **parse_sets(args.set))
         if args.channels_last:
             objective.to(memory_format=torch.channels_last)
         # ============ monitor: k-NN on a fixed subset, every --knn-every epochs ============
         monitor = None
-        if test is not None and args.knn_every >= 0:
-            bank, mtest = train.subset(args.knn_bank, seed=1), test.subset(args.knn_test, seed=2)
+        if (test is not None or args.monitor_split == "val") and args.knn_every >= 0:
+            if args.monitor_split == "val":  # bank and queries: disjoint rows of the training split
+                if not hasattr(train, "take"):
+                    raise ValueError("--monitor-split val needs in-memory images (cifar10, digits)")
+                rows = np.random.default_rng(1).permutation(len(train))
+                bank = train.take(np.sort(rows[:args.knn_bank]))
+                mtest = train.take(np.sort(rows[args.knn_bank:args.knn_bank + args.knn_test]))
+            else:
+                bank, mtest = train.subset(args.knn_bank, seed=1), test.subset(args.knn_test, seed=2)
 
             def monitor(encoder):
                 return knn_accuracy(encoder, bank, mtest, device=device)
@@ -157,10 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
                    "seconds": round(seconds, 1), "seconds_train": round(res.seconds_train, 1),
                    "images_per_second": round(res.images_per_second, 1), "stopped_by_clock": res.stopped_by_clock,
                    "knn_history": ([(0.0, knn0)] if knn0 is not None else []) + res.knn, "loss_history": [round(v, 4) for v in res.losses]}
-        if test is not None and args.final_eval == "monitor":
+        if monitor is not None and args.final_eval == "monitor":
             summary["knn_top1"] = res.knn[-1][1] if res.knn else None
             summary["knn_top1_random_init"] = knn0
-            summary["note"] = f"monitor subsets: {args.knn_bank} bank / {args.knn_test} test images"
+            summary["note"] = (f"monitor subsets: {args.knn_bank} bank / {args.knn_test} "
+                               f"{'held-out training' if args.monitor_split == 'val' else 'test'} images")
         elif test is not None:
             t1 = time.perf_counter()
             trained = objective.encoder()
@@ -187,8 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
                 if "knn_top1_random_init" in summary:
                     ax.axhline(100 * summary["knn_top1_random_init"], ls="--", c="grey", label="random init (full bank)")
                 ax.set_xlabel("epoch")
-                ax.set_ylabel(f"k-NN top-1 % ({args.knn_bank} bank, {args.knn_test} test)")
-                ax.set_title(f"{args.objective} / {args.encoder}")
+                ax.set_ylabel(f"k-NN top-1 % ({args.knn_bank} bank, {args.knn_test} {args.monitor_split})")
+                kw = {k: v for k, v in enc_kw.items() if k != "dynamic_img_size"}
+                ax.set_title(f"{args.objective} / {args.encoder}" + (f" {json.dumps(kw)}" if kw else ""))
                 ax.legend()
                 fig.tight_layout()
                 fig.savefig(out / "knn.png", dpi=120)

@@ -43,6 +43,11 @@ class UInt8Images(Dataset):
         """uint8 (len(idx), 3, H, W)."""
         return torch.from_numpy(self.images[np.asarray(idx)]).permute(0, 3, 1, 2).contiguous()
 
+    def take(self, rows: np.ndarray) -> "UInt8Images":
+        """The given rows (a view of the same arrays where numpy can)."""
+        rows = np.asarray(rows)
+        return UInt8Images(self.images[rows], self.targets[rows])
+
     def subset(self, n: int, seed: int = 0) -> "UInt8Images":
         """``n`` rows drawn without replacement (all of them when ``n >= len``), in index order."""
         if n >= len(self):

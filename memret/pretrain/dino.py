@@ -71,9 +71,11 @@ class Branch(nn.Module):
         return self.head(forward_views(self.backbone, views))
 
 
-def dino_views(global_size: int = 32, local_size: int = 16, n_local: int = 6) -> MultiCrop:
-    """DINO's multi-crop at CIFAR scale: 2 global crops (0.4-1 of the area) and ``n_local`` local ones."""
-    return MultiCrop(dino_crops(global_size, local_size, n_local))
+def dino_views(global_size: int = 32, local_size: int = 16, n_local: int = 6,
+               global_scale: tuple[float, float] = (0.4, 1.0)) -> MultiCrop:
+    """DINO's multi-crop at CIFAR scale: 2 global crops (``global_scale`` of the area, DINO's 0.4-1 by default;
+    0.08-1 is the CIFAR recipe without local crops) and ``n_local`` local ones (0.05-0.4)."""
+    return MultiCrop(dino_crops(global_size, local_size, n_local, global_scale=global_scale))
 
 
 # ============ the loss as pure functions ============
@@ -127,6 +129,7 @@ class DINO(Objective):
             teacher's rises linearly from ``warmup_teacher_temp`` over that fraction of the run.
         center_momentum: EMA of the centre. momentum_teacher: start of the EMA momentum cosine (-> 1).
         freeze_last_layer_frac: fraction of the run during which the head's last layer gets no update.
+        norm_last_layer: fix the last layer's norms to 1 (False: learn them; solo-learn's CIFAR setting).
     """
 
     name = "dino"
@@ -135,12 +138,13 @@ class DINO(Objective):
                  bottleneck: int = 256, head_layers: int = 3, batch_norm_head: bool = False,
                  student_temp: float = 0.1, teacher_temp: float = 0.04, warmup_teacher_temp: float = 0.04,
                  warmup_teacher_temp_frac: float = 0.0, center_momentum: float = 0.9,
-                 momentum_teacher: float = 0.996, freeze_last_layer_frac: float = 0.0) -> None:
+                 momentum_teacher: float = 0.996, freeze_last_layer_frac: float = 0.0,
+                 norm_last_layer: bool = True) -> None:
         super().__init__()
         self.views = views or MultiCrop(dino_crops())
         if self.views.specs[0].count + (self.views.specs[1].count if len(self.views.specs) > 1 else 0) < 2:
             raise ValueError("DINO needs two global views first in its MultiCrop")
-        head = DINOHead(encoder.embed_dim, out_dim, hidden, bottleneck, head_layers, batch_norm_head)
+        head = DINOHead(encoder.embed_dim, out_dim, hidden, bottleneck, head_layers, batch_norm_head, norm_last_layer)
         self.student = Branch(encoder, head)
         self.teacher = make_teacher(self.student)
         self.register_buffer("center", torch.zeros(1, out_dim))

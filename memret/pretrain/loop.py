@@ -252,11 +252,17 @@ def _seconds_per_step(objective: Objective, images: Any, config: PretrainConfig,
         gen = step_generator(config.seed + 7919, i)
         batch = _fetch(images, np.arange(i * local_bs, (i + 1) * local_bs) % len(images)).to(device)
         views, boxes = probe.views(batch, gen, n_total=local_bs)
+        if config.channels_last:  # the same work as a real step (see the training loop)
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss, _ = probe(views, boxes, values, gen)
         opt.zero_grad()
         loss.backward()
+        if config.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in probe.student.parameters() if p.grad is not None],
+                                           config.clip_grad)
         opt.step()
+        float(loss.detach())  # the loop reads the loss every step
         probe.momentum_update(values.get("momentum", 0.99))
         if device.type == "cuda":
             torch.cuda.synchronize(device)

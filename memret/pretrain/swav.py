@@ -51,9 +51,11 @@ def sinkhorn(q: torch.Tensor, n_iters: int = 3) -> torch.Tensor:
     return (Q * B).t().to(q.dtype)
 
 
-def swav_views(global_size: int = 32, local_size: int = 16, n_local: int = 6) -> MultiCrop:
-    """SwAV's multi-crop: 2 global crops (0.14-1 of the area) and ``n_local`` local crops (0.05-0.14)."""
-    return MultiCrop([CropSpec(global_size, (0.14, 1.0), 2), CropSpec(local_size, (0.05, 0.14), n_local)])
+def swav_views(global_size: int = 32, local_size: int = 16, n_local: int = 6,
+               global_scale: tuple[float, float] = (0.14, 1.0)) -> MultiCrop:
+    """SwAV's multi-crop: 2 global crops (``global_scale`` of the area, 0.14-1 by default) and ``n_local``
+    local crops (0.05-0.14)."""
+    return MultiCrop([CropSpec(global_size, tuple(global_scale), 2), CropSpec(local_size, (0.05, 0.14), n_local)])
 
 
 class SwAVBranch(nn.Module):
