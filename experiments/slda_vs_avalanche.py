@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def main() -> None:
     ap.add_argument("--shrinkage", type=float, default=1e-4, help="both learners (Avalanche's default)")
     ap.add_argument("--seed", type=int, default=1993, help="class order (must match the features' encoder fit)")
     ap.add_argument("--out", default="runs/analytic")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("MEMRET_THREADS", 2)))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -5,7 +5,8 @@
     memret.encoders.list()
 
 Families: ViT (tiny/small/base, any patch size, ViT-22B knobs), FlexiViT, XCiT,
-ResMLP (all on timm), ResNet-18 (timm) and ResNet-32 (CIFAR). ``*_cifar`` names
+ResMLP (all on timm), ResNet-18 (timm) and ResNet-32 (CIFAR); label-free, fitted on images
+(``fit``): ``kmeans_patches`` (Coates & Ng) and ``patch_dictionary`` (Thiry et al.). ``*_cifar`` names
 take 32x32 inputs. Weights: ``pretrained=True`` or a timm name (needs the hub),
 ``checkpoint=PATH`` for a local timm/DINO/MSN file. Needs ``pip install 'memret[vision]'``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from memret.encoders.base import Encoder, load_weights, timm_model
 from memret.encoders.cnn import resnet18_encoder, resnet32_encoder
 from memret.encoders.kmeans import PatchKMeansEncoder
+from memret.encoders.patches import PatchDictionaryEncoder
 from memret.encoders.vit import FlexiViT, flexivit_encoder, pi_resize_patch_embed, resize_pos_embed, vit_encoder
 from memret.registry import Registry
 
@@ -117,6 +119,18 @@ def kmeans_patches(**kw) -> PatchKMeansEncoder:
     return PatchKMeansEncoder(**kw)
 
 
+@ENCODERS.register
+def patch_dictionary(**kw) -> PatchDictionaryEncoder:
+    """Thiry et al. (ICLR 2021) k-nearest-patches indicators over a dictionary of random whitened patches.
+
+    Defaults (1,024 patches, stride 2, 2x2 grid: 8,192 dimensions) were chosen on a validation split of
+    Split CIFAR-10's first task, with the clock in mind: stride 1 scored +1.95 points there at 3.3x the
+    encoding time (notes in experiments/RESULTS.md). ``fit(images)`` before use (memret.incremental does,
+    on the first task's training images only).
+    """
+    return PatchDictionaryEncoder(**{"n_patches": 1024, "stride": 2, "grid": 2, **kw})
+
+
 # ============ ResNets: the class-incremental baselines ============
 @ENCODERS.register
 def resnet18(**kw) -> Encoder:
@@ -130,7 +144,16 @@ def resnet18_cifar(**kw) -> Encoder:
 
 @ENCODERS.register
 def resnet32_cifar(**kw) -> Encoder:
+    """He et al.'s CIFAR ResNet-32 (0.46M parameters); ``depth=6n+2`` and ``width`` give its smaller siblings, and a
+    checkpoint's own depth and width are read back from the file."""
     return resnet32_encoder(**kw)
+
+
+@ENCODERS.register
+def resnet8_cifar(**kw) -> Encoder:
+    """The CIFAR ResNet at depth 8 (78k parameters): the CPU pre-training encoder of ``memret.pretrain``'s
+    CIFAR-10 recipe (~12 DINO epochs in 30 minutes on 2 CPU cores; experiments/RESULTS.md section 11)."""
+    return resnet32_encoder(**{"depth": 8, **kw})
 
 
 def create(name: str, **kwargs) -> Encoder:
@@ -143,5 +166,5 @@ def list() -> list[str]:  # noqa: A001  (the issue's public name: memret.encoder
     return ENCODERS.names()
 
 
-__all__ = ["ENCODERS", "Encoder", "FlexiViT", "PatchKMeansEncoder", "create", "list", "load_weights", "pi_resize_patch_embed",
-           "resize_pos_embed"]
+__all__ = ["ENCODERS", "Encoder", "FlexiViT", "PatchDictionaryEncoder", "PatchKMeansEncoder", "create", "list",
+           "load_weights", "pi_resize_patch_embed", "resize_pos_embed"]

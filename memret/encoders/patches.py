@@ -115,7 +115,8 @@ class PatchDictionaryEncoder(nn.Module):
         self.fitted.fill_(True)
         # ---- threshold calibration: the standardised exact k-th value, averaged over sampled positions
         cal = images[torch.randperm(n, generator=g)[:min(n, 256)]]
-        v = -self._values(self._whitened(cal[:64]))  # (B, L, 2, D) distances, up to a per-position constant
+        n_cal = max(1, min(64, (1 << 25) // (L * 2 * self.n_patches)))  # 64 CIFAR images; fewer large ones
+        v = -self._values(self._whitened(cal[:n_cal]))  # (B, L, 2, D) distances, up to a per-position constant
         kth = v.kthvalue(self.k + 1, dim=-1).values
         self.z.copy_(((kth - v.mean(-1)) / v.std(-1, unbiased=False).clamp(min=1e-12)).mean((0, 1)))
         # ---- standardisation of the pooled features

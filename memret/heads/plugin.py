@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 
-def _plugin_base():
+def supervised_plugin_base():
+    """Avalanche's ``SupervisedPlugin`` (the base of memret's plugins), or an ImportError saying what to install."""
     try:
         from avalanche.training.plugins import SupervisedPlugin
     except ImportError:
@@ -27,7 +28,7 @@ def _plugin_base():
     return SupervisedPlugin
 
 
-class AnalyticHeadPlugin(_plugin_base()):
+class AnalyticHeadPlugin(supervised_plugin_base()):
     """Learn an analytic head from each experience and score with it at evaluation.
 
     Args:

@@ -7,14 +7,15 @@
 Needs ``pip install 'memret[cl,vision]'``.
 
 Modules: ``data`` (data sets), ``streams`` (Avalanche streams), ``training`` (config,
-seeded RNGs, the minibatch loop), ``methods`` (the methods), ``mtn`` (retrieval and
-training of the MTN), ``features`` (encoding), ``backbone`` (training the encoder on
-the stream), ``run`` (the experiment), ``plugins`` (Avalanche plugins).
+seeded RNGs, the minibatch loop), ``methods`` (the methods), ``analytic`` (methods over
+analytic heads), ``catalog`` (methods by name), ``mtn`` (retrieval and training of the
+MTN), ``features`` (encoding), ``backbone`` (training the encoder on the stream),
+``run`` (the experiment), ``plugins`` (Avalanche plugins).
 """
 
 from memret.incremental.data import LabelledData, load_dataset
 from memret.incremental.features import extract_features
-from memret.incremental.methods import METHODS, make_method
+from memret.incremental.catalog import METHODS, make_method
 from memret.incremental.run import RunResult, plot_accuracy, run
 from memret.incremental.streams import Task, avalanche_benchmark, class_order, make_tasks
 from memret.incremental.training import TrainConfig

@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import fields
 
-from memret.incremental.methods import METHODS
+from memret.incremental.catalog import METHODS
 from memret.incremental.training import TrainConfig
 
 
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--root", default=None, help="data folder (default: $MEMRET_DATA, ../shared/data)")
     ap.add_argument("--tasks", type=int, default=5)
     ap.add_argument("--method", nargs="+", default=["mtn"], choices=METHODS)
-    ap.add_argument("--encoder", default="kmeans_patches")
+    ap.add_argument("--encoder", default=None,
+                    help="memret.encoders name (default: kmeans_patches under 64 px, patch_dictionary stride 4 above)")
     ap.add_argument("--checkpoint", default=None, help="encoder weights to start from (timm, DINO or MSN format)")
     ap.add_argument("--train-encoder", action="store_true", help="train the encoder on the stream")
     ap.add_argument("--memory", type=int, default=2000, help="total exemplar budget")
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-resume", action="store_true")
     for f in fields(TrainConfig):  # every training knob: --epochs, --lr, --k, --mtn-layers, --encoder-lr, ...
-        kind = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}
+        kind = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes"),
+                "tuple[float, ...]": lambda s: tuple(float(v) for v in s.split(","))}  # --slda-shrinkages 1e-3,0.1
         t = str(f.type).replace("| None", "").strip()
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind.get(t, str), default=None, dest=f"cfg_{f.name}")
     args = ap.parse_args(argv)

@@ -60,15 +60,15 @@ def build_encoder(encoder: str | torch.nn.Module, data: LabelledData, first: Tas
                   seed: int) -> tuple[torch.nn.Module, str]:
     """``(module, name)``: a registry name built with seeded initial weights (``seed``); a module passes through.
 
-    The k-means patch encoder is fitted here, without labels, on up to 10,000 images of the first
-    task's training rows (drawn with ``seed``).
+    The label-free encoders (``kmeans_patches``, ``patch_dictionary``) are fitted here, without labels, on
+    up to 10,000 images of the first task's training rows (drawn with ``seed``): no other image is seen.
     """
     if isinstance(encoder, torch.nn.Module):
         return encoder, type(encoder).__name__
     import memret.encoders as E
 
     enc = seeded_init(lambda: E.create(encoder, **encoder_kw), seed, 7)  # same seed, same initial weights
-    if isinstance(enc, E.PatchKMeansEncoder):
+    if isinstance(enc, (E.PatchKMeansEncoder, E.PatchDictionaryEncoder)):
         rng = np.random.default_rng(seed)
         rows = rng.choice(first.train_rows, size=min(len(first.train_rows), 10_000), replace=False)
         imgs = torch.cat(list(batches(data.train, np.sort(rows), 512)))

@@ -15,6 +15,18 @@ caller. State lives in the method object; training loops are plain functions
 | icarl    | — (memory, herding)           | nearest class mean of the exemplars (iCaRL NCM) |
 | knn      | — (memory)                    | similarity-weighted vote of the k nearest       |
 | mtn      | current task + memory         | classifier logits + MTN over k retrieved        |
+| ranpac   | current task (statistics)     | RanPAC ridge head (:mod:`memret.heads`)          |
+| slda     | current task (statistics)     | streaming LDA head (:mod:`memret.heads`)         |
+| mtn_ranpac | current task + memory       | RanPAC scores (scaled) + MTN over k retrieved   |
+
+``ranpac`` and ``slda`` learn from sufficient statistics (no exemplars, no forgetting by
+construction); the bank still fills, with the same budget and policy, so the table's
+memory column means the same for every method, but their predictions never read it.
+``mtn_ranpac`` is the MTN with the analytic head in place of the linear classifier:
+the RanPAC head learns as in ``ranpac`` and the transformer learns, on the current task
+plus the memory, a correction to ``scale * ranpac_scores`` (``scale`` learnt with it).
+Those three live in :mod:`memret.incremental.analytic`; :mod:`memret.incremental.catalog`
+maps every name to its class (``METHODS``, ``make_method``).
 """
 
 from __future__ import annotations
@@ -25,11 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from memret.aggregator import MemoryTransformerNetwork
-from memret.incremental.mtn import mtn_scores, train_mtn
+from memret.incremental.mtn import input_projection, mtn_scores, train_mtn
 from memret.incremental.training import MemoryBatches, TrainConfig, generator, seeded_init, train_epochs
 from memret.memory import ExemplarBank
 
-METHODS = ("finetune", "joint", "replay", "icarl", "knn", "mtn")
+__all__ = ["KNNMethod", "LinearMethod", "MTNMethod", "Method", "NCMMethod", "TrainConfig"]
 
 
 class Method:
@@ -81,6 +93,7 @@ class LinearMethod(Method):
         super().__init__(*a, **kw)
         self.name, self.data, self.regime = data, data, data
         self.uses_memory = data == "replay"
+        self.balanced = data == "replay" and self.cfg.balanced_replay
         self.clf = seeded_init(lambda: nn.Linear(self.feat_dim, self.n_classes), self.seed, 1)
         self.opt = torch.optim.AdamW(self.clf.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self._seen_X: list[np.ndarray] = []
@@ -119,8 +132,16 @@ class LinearMethod(Method):
             if len(mem):
                 xm, ym = mem.next(len(idx))
                 xb, yb = torch.cat([xb, xm]), torch.cat([yb, ym])
-            return F.cross_entropy(self.clf(xb) + mask, yb)
+            return F.cross_entropy(self.clf(xb) + mask, yb, weight=weight)
 
+        # Optionally the MTN's class-balanced loss (cfg.balanced_replay): each class weighs as much as the
+        # others, whether it has a task's data or only its exemplars (weights from the task's + memory counts).
+        weight = None
+        if self.balanced and len(mem):
+            counts = np.bincount(np.concatenate([y, self.bank.labels[old]]), minlength=self.n_classes)
+            counts = counts.astype(np.float32)
+            weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1)
+                                               / np.count_nonzero(counts), 0).astype(np.float32))
         self.clf.train()
         loss = train_epochs(step, len(yt), self.cfg, self.opt, generator(self.seed, 2, task))
         return {"loss": loss, "train_size": int(len(yt) + len(mem))}
@@ -198,8 +219,10 @@ class MTNMethod(LinearMethod):
         super().__init__(*a, data="replay", **kw)
         self.name, self.regime = "mtn", "replay"
         cfg = self.cfg
+        self.proj = input_projection(self.feat_dim, cfg, self.seed)
         self.mtn = seeded_init(lambda: MemoryTransformerNetwork(
-            self.feat_dim, self.n_classes, cfg.mtn_width, cfg.mtn_layers, cfg.mtn_heads,
+            self.feat_dim if self.proj is None else self.proj.shape[1], self.n_classes, cfg.mtn_width,
+            cfg.mtn_layers, cfg.mtn_heads,
             dropout=cfg.mtn_dropout), self.seed, 3)
         self.opt = torch.optim.AdamW(list(self.clf.parameters()) + list(self.mtn.parameters()), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
@@ -212,7 +235,7 @@ class MTNMethod(LinearMethod):
         before = (self.bank.features.copy(), self.bank.labels.copy(), self.bank.refs.copy())
         self._remember(X, y, rows)
         loss, n = train_mtn(self.mtn, self.opt, self.bank, X, y, rows, self.cfg, generator(self.seed, 4, task),
-                            self._mask(), clf=self.clf, fuse=self._fuse, replay=before)
+                            self._mask(), clf=self.clf, fuse=self._fuse, replay=before, proj=self.proj)
         return {"loss": loss, "train_size": n}
 
     def _fuse(self, clf: torch.Tensor, mtn: torch.Tensor) -> torch.Tensor:
@@ -223,7 +246,7 @@ class MTNMethod(LinearMethod):
         return clf + mtn
 
     def scores(self, X):
-        return mtn_scores(self.mtn, self.bank, X, self.cfg.k, clf=self.clf, fuse=self._fuse)
+        return mtn_scores(self.mtn, self.bank, X, self.cfg.k, clf=self.clf, fuse=self._fuse, proj=self.proj)
 
     def state_dict(self):
         return {**super().state_dict(), "mtn": self.mtn.state_dict()}
@@ -231,13 +254,3 @@ class MTNMethod(LinearMethod):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.mtn.load_state_dict(state["mtn"])
-
-
-def make_method(name: str, feat_dim: int, n_classes: int, bank: ExemplarBank, cfg: TrainConfig, seed: int) -> Method:
-    args = (feat_dim, n_classes, bank, cfg, seed)
-    if name in ("finetune", "joint", "replay"):
-        return LinearMethod(*args, data=name)
-    table = {"icarl": NCMMethod, "knn": KNNMethod, "mtn": MTNMethod}
-    if name not in table:
-        raise KeyError(f"unknown method {name!r}; known: {list(METHODS)}")
-    return table[name](*args)

@@ -19,20 +19,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from memret.heads.plugin import supervised_plugin_base
 from memret.incremental.mtn import mtn_scores, train_mtn
 from memret.incremental.training import TrainConfig, generator, seeded_init
 from memret.memory import ExemplarBank
 
 
-def _plugin_base():
-    try:
-        from avalanche.training.plugins import SupervisedPlugin
-    except ImportError:
-        raise ImportError("Avalanche is needed for the plugins: pip install 'memret[cl]'") from None
-    return SupervisedPlugin
-
-
-class ExemplarMemoryPlugin(_plugin_base()):
+class ExemplarMemoryPlugin(supervised_plugin_base()):
     """Replay from a :class:`~memret.ExemplarBank`.
 
     Args:

@@ -30,9 +30,15 @@ class TrainConfig:
     mtn_heads: int = 4
     mtn_width: int = 256
     mtn_dropout: float = 0.0     # CPU dropout costs more than the rest of a small MTN step
+    mtn_input_dim: int | None = 2048   # wider features reach the transformer through a fixed random projection
     balanced: bool = True       # MTN: class-balanced loss over current data + memory
     fusion: str = "sum"         # "sum" | "mtn_only" | "classifier_only"
     schedule: str = "cosine"    # "cosine" | "constant" learning rate within a task
+    balanced_replay: bool = False   # replay: the MTN's class-balanced loss (isolates what the MTN adds)
+    # ---- analytic heads (ranpac, slda, mtn_ranpac)
+    ranpac_projection: int = 4096   # RanPAC's random projection width M (0: ridge on the features)
+    ranpac_scale: float = 10.0      # mtn_ranpac: initial scale of the ridge scores in the fused logits
+    slda_shrinkages: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 0.5)  # chosen on task 1's held-out rows
     # ---- the encoder, when run(train_encoder=True) trains it (from scratch, or fine-tuning a checkpoint)
     encoder_epochs: int | None = None   # default: ``epochs``
     encoder_lr: float = 0.05            # SGD with momentum, cosine within a task (Avalanche/PyCIL CIFAR recipe)

@@ -1,0 +1,234 @@
+"""Issue 12 in ``memret.incremental``: the analytic methods (ranpac, slda, mtn_ranpac) in run(), the
+patch-dictionary encoder through the registry (fitted on the first task only), replay with a balanced loss."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("avalanche", reason="pip install memret[cl]")
+
+from memret import ExemplarBank  # noqa: E402
+from memret.heads import RanPAC  # noqa: E402
+from memret.incremental import TrainConfig, make_method, make_tasks, run  # noqa: E402
+from memret.incremental.analytic import holdout_rows  # noqa: E402
+from memret.incremental.data import ArrayImages, LabelledData  # noqa: E402
+from conftest import colour_blobs  # noqa: E402
+
+FAST = TrainConfig(epochs=2, batch_size=64, mtn_width=32, mtn_layers=1, mtn_heads=2, k=5, ranpac_projection=48,
+                   slda_shrinkages=(1e-2, 0.5))
+
+
+def blobs(n_per, n_classes, d=16, seed=0, spread=3.0):
+    g = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).normal(size=(n_classes, d)) * spread
+    y = np.repeat(np.arange(n_classes), n_per)
+    return (centers[y] + g.normal(size=(len(y), d))).astype(np.float32), y
+
+
+def tiny_images(n_per, n_classes=4, seed=0):
+    return colour_blobs(n_per, n_classes, seed, noise=40.0)
+
+
+def tiny_data():
+    xtr, ytr = tiny_images(20, 4, 0)
+    xte, yte = tiny_images(8, 4, 1)
+    return LabelledData("tiny12", ArrayImages(xtr, ytr), ArrayImages(xte, yte), 4, 32)
+
+
+class FixedProjection(torch.nn.Module):
+    """A frozen encoder that needs no fitting: the same features whatever the class order."""
+
+    embed_dim = 24
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.randn(3 * 32 * 32, self.embed_dim, generator=torch.Generator().manual_seed(0)) / 55
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w
+
+
+def test_holdout_rows_depend_on_the_row_only():
+    rows = np.arange(5000)
+    h = holdout_rows(rows, seed=3)
+    perm = np.random.default_rng(0).permutation(rows)
+    assert np.array_equal(holdout_rows(perm, seed=3), h[perm])          # order and task split do not matter
+    assert 0.17 < h.mean() < 0.23                                        # ~20% held out
+    assert not np.array_equal(holdout_rows(rows, seed=4), h)             # a different init_seed, another split
+
+
+def test_run_ranpac_head_is_the_joint_ridge_head_whatever_the_class_order(tmp_path):
+    """run(method="ranpac") for two class orders: one final head, equal to the ridge fitted on all the data."""
+    enc = FixedProjection()
+    heads = []
+    for order in (1, 2):
+        res = run(tiny_data(), tasks=2, method=["ranpac", "slda"], encoder=enc, memory=12, seed=order, init_seed=7,
+                  out=tmp_path / f"o{order}", config=FAST, plot=False, cache_dir=tmp_path)
+        assert res.class_order != [] and res.methods["ranpac"].summary["last_accuracy"] > 0.9
+        assert res.methods["slda"].summary["last_accuracy"] > 0.9
+        state = torch.load(tmp_path / f"o{order}" / "ckpt" / "ranpac" / "method.pt", weights_only=True)
+        heads.append(state["head"])
+        # the bank filled as for every method (the table's memory column), though ranpac never reads it
+        assert len(json.loads((tmp_path / f"o{order}" / "ckpt" / "ranpac" / "progress.json").read_text())["R"]) == 2
+        assert (tmp_path / f"o{order}" / "ckpt" / "ranpac" / "bank").exists()
+    orders = [json.loads((tmp_path / f"o{o}" / "results.json").read_text())["class_order"] for o in (1, 2)]
+    assert orders[0] != orders[1]
+    a, b = heads
+    assert float(a["lam"]) == float(b["lam"])
+    torch.testing.assert_close(a["weight"], b["weight"], rtol=1e-6, atol=1e-6)
+    # the joint ridge solution on all the training features
+    data = tiny_data()
+    X = enc(data.train.batch(np.arange(len(data.train.targets)))).numpy()
+    y = np.asarray(data.train.targets)
+    H = torch.relu(torch.from_numpy(X).double() @ a["W_rand"].double())
+    Y = torch.nn.functional.one_hot(torch.from_numpy(y), 4).double()
+    A = H.T @ H + float(a["lam"]) * torch.eye(H.shape[1], dtype=torch.float64)
+    W = torch.linalg.solve(A, H.T @ Y).float()
+    torch.testing.assert_close(a["weight"], W, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ranpac", "slda"])
+def test_analytic_methods_fill_the_bank_but_never_read_it(name):
+    X, y = blobs(30, 6, seed=1)
+    Xte, yte = blobs(10, 6, seed=2)
+    bank = ExemplarBank(X.shape[1], total=30, seed=0)
+    m = make_method(name, X.shape[1], 6, bank, FAST, seed=0)
+    assert not m.uses_memory
+    out = {}
+    for t in make_tasks(y, yte, 3):
+        out = m.learn(t.index, X[t.train_rows], y[t.train_rows], t.train_rows) or out
+    assert len(bank) == 30 and set(bank.classes) == set(range(6))
+    before = m.scores(Xte)
+    assert (before.argmax(1) == yte).mean() > 0.9
+    bank.replace_features(np.random.default_rng(0).normal(size=(len(bank), X.shape[1])).astype(np.float32))
+    np.testing.assert_array_equal(m.scores(Xte), before)
+    if name == "slda":  # the shrinkage chosen on task 1's held-out rows, then kept
+        assert m.model.shrinkage in FAST.slda_shrinkages
+    assert m.scores(np.zeros((0, X.shape[1]), np.float32)).shape == (0, 6)
+
+
+def test_mtn_ranpac_fuses_scaled_ranpac_scores_with_the_mtn():
+    from memret.incremental.mtn import mtn_scores
+
+    X, y = blobs(30, 6, seed=1)
+    Xte, yte = blobs(10, 6, seed=2)
+    bank = ExemplarBank(X.shape[1], total=30, seed=0)
+    m = make_method("mtn_ranpac", X.shape[1], 6, bank, FAST, seed=0)
+    alone = make_method("ranpac", X.shape[1], 6, ExemplarBank(X.shape[1], total=30, seed=0), FAST, seed=0)
+    for t in make_tasks(y, yte, 3):
+        m.learn(t.index, X[t.train_rows], y[t.train_rows], t.train_rows)
+        alone.learn(t.index, X[t.train_rows], y[t.train_rows], t.train_rows)
+    assert len(bank) == 30                                               # the MTN's memory
+    base = alone.scores(Xte)
+    np.testing.assert_allclose(m.head_method.scores(Xte), base, rtol=1e-6)   # the same head as ``ranpac``
+    mtn = mtn_scores(m.mtn, bank, Xte, FAST.k)
+    scale = float(m.scale.detach())
+    assert scale != FAST.ranpac_scale                                    # the scale was learnt
+    assert np.abs(mtn).max() > 1e-3
+    np.testing.assert_allclose(m.scores(Xte), scale * base + mtn, rtol=1e-4, atol=1e-4)
+    assert (m.scores(Xte).argmax(1) == yte).mean() > 0.9
+
+
+def test_balanced_replay_weights_each_class_equally(monkeypatch):
+    import memret.incremental.methods as M
+
+    weights = []
+    original = M.F.cross_entropy
+
+    def spy(logits, target, weight=None, **kw):
+        weights.append(weight)
+        return original(logits, target, weight=weight, **kw)
+
+    monkeypatch.setattr(M.F, "cross_entropy", spy)
+    X, y = blobs(30, 4, seed=1)
+    tasks = make_tasks(y, y, 2)
+    for balanced in (False, True):
+        weights.clear()
+        cfg = TrainConfig(epochs=1, batch_size=64, balanced_replay=balanced)
+        m = make_method("replay", X.shape[1], 4, ExemplarBank(X.shape[1], total=8, seed=0), cfg, seed=0)
+        for t in tasks:
+            m.learn(t.index, X[t.train_rows], y[t.train_rows], t.train_rows)
+        w = weights[-1]
+        if not balanced:
+            assert w is None
+            continue
+        # task 2: 30 samples of each new class, 4 exemplars of each old one; weight ~ 1 / count
+        old, new = tasks[0].classes, tasks[1].classes
+        counts = np.zeros(4)
+        counts[list(new)], counts[list(old)] = 30, 4
+        np.testing.assert_allclose(w.numpy(), counts.sum() / counts / 4, rtol=1e-6)
+
+
+def test_patch_dictionary_through_the_registry_is_fitted_on_the_first_task_only(tmp_path, monkeypatch):
+    import memret.encoders as E
+
+    enc = E.create("patch_dictionary")
+    assert isinstance(enc, E.PatchDictionaryEncoder) and enc.embed_dim == 8192 and enc.stride == 2
+    seen = []
+    original = E.PatchDictionaryEncoder.fit
+
+    def spy(self, images, **kw):
+        seen.append(images.clone())
+        return original(self, images, **kw)
+
+    monkeypatch.setattr(E.PatchDictionaryEncoder, "fit", spy)
+    data = tiny_data()
+    res = run(data, tasks=2, method="icarl", encoder="patch_dictionary",
+              encoder_kw={"n_patches": 16, "stride": 4, "batch": 16}, memory=12, seed=3, out=tmp_path / "run",
+              config=FAST, plot=False, cache_dir=tmp_path)
+    assert len(seen) == 1
+    first = make_tasks(np.asarray(data.train.targets), np.asarray(data.test.targets), 2, 3)[0]
+    assert sorted(res.class_order[:2]) == sorted(first.classes)
+    expected = data.train.batch(np.sort(first.train_rows))
+    assert seen[0].shape == expected.shape and torch.equal(seen[0], expected)   # exactly task 1's images
+    assert res.methods["icarl"].summary["last_accuracy"] > 0.5   # chance: 0.25
+
+
+@pytest.mark.parametrize("name", ["mtn", "mtn_ranpac"])
+def test_wide_features_reach_the_transformer_through_a_fixed_projection(name):
+    from dataclasses import replace
+
+    from memret.incremental.mtn import input_projection, mtn_scores
+
+    X, y = blobs(30, 6, d=32, seed=1)
+    Xte, yte = blobs(10, 6, d=32, seed=2)
+    cfg = replace(FAST, mtn_input_dim=12)
+    assert input_projection(32, FAST, 0) is None and input_projection(32, cfg, 0).shape == (32, 12)
+    m = make_method(name, 32, 6, ExemplarBank(32, total=30, seed=0), cfg, seed=0)
+    assert m.mtn.q_proj.in_features == 12 and m.mtn.m_proj.in_features == 12
+    for t in make_tasks(y, yte, 3):
+        m.learn(t.index, X[t.train_rows], y[t.train_rows], t.train_rows)
+    alone = mtn_scores(m.mtn, m.bank, Xte, cfg.k, proj=m.proj)
+    assert (alone.argmax(1) == yte).mean() > 0.3                       # the transformer learnt (chance 1/6)
+    assert (m.scores(Xte).argmax(1) == yte).mean() > 0.5                  # chance: 1/6
+
+
+def test_imagenet1k_default_encoder_is_the_patch_dictionary_at_stride_4(tmp_path, monkeypatch):
+    """run("imagenet1k") constructs with its default encoder (224-pixel images: patch_dictionary, stride 4)."""
+    from PIL import Image
+
+    import memret.encoders as E
+
+    img, y = tiny_images(4, 4, 0)
+    for split, (ims, ys) in {"train": (img, y), "val": (img[::2], y[::2])}.items():
+        for i, (im, c) in enumerate(zip(ims, ys)):
+            d = tmp_path / "imnet" / split / f"n0000{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(im).save(d / f"{i}.JPEG")
+    built = []
+    original = E.create
+
+    def spy(name, **kw):
+        built.append((name, kw))
+        return original(name, **{**kw, "n_patches": 32})  # a small dictionary keeps the test fast
+
+    monkeypatch.setattr(E, "create", spy)
+    res = run("imagenet1k", tasks=2, root=tmp_path / "imnet", method="icarl", out=tmp_path / "run", config=FAST,
+              cache_dir=tmp_path, plot=False)
+    assert built == [("patch_dictionary", {"stride": 4})]
+    assert res.encoder == "patch_dictionary (frozen)" and res.memory == "20/class"
+    (f,) = tmp_path.glob("features-imagenet1k-*.npz")
+    assert np.load(f)["train"].shape == (16, 2 * 32 * 4)
+    assert res.methods["icarl"].summary["last_accuracy"] > 0.5  # four colours (chance 0.25)
