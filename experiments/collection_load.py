@@ -3,12 +3,13 @@
     python experiments/collection_load.py --data ../shared/data/beir/scifact --seconds 20 --clients 1 4 16 \
         --out runs/bench
 
-Builds a collection of the SciFact corpus (vectors from runs/bench/collection-scifact-st.npy when
-bench_collection.py left them there, else encoded now), starts ``python -m memret.collection serve`` in
-its own process, and runs closed-loop clients (one thread and one HTTP connection each) sending
-SciFact queries to ``POST /search`` (hybrid, k=10; the server encodes each query with the packaged
-MiniLM through ONNX Runtime). Phases: search only at each client count, then the largest count plus one
-ingest client that keeps posting batches of 8 new documents as text (encoded by the server).
+Builds a collection of the SciFact corpus (vectors from runs/bench/collection-scifact-<variant>.npy
+when bench_collection.py left them there for the default encoder's variant, else encoded now),
+starts ``python -m memret.collection serve`` in its own process, and runs closed-loop clients (one
+thread and one HTTP connection each) sending SciFact queries to ``POST /search`` (hybrid, k=10; the
+server encodes each query with the packaged MiniLM through ONNX Runtime). Phases: search only at each
+client count, then the largest count plus one ingest client that keeps posting batches of 8 new
+documents as text (encoded by the server).
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def main() -> None:
     data = load_beir(args.data)
     root = Path(tempfile.mkdtemp(prefix="coll-load-"))
     path = root / "scifact"
-    build(path, data, Path(args.out) / "collection-scifact-st.npy")
+    from memret.collection.embed import DefaultEncoder
+
+    variant = "int8" if DefaultEncoder()._enc.quantize else "fp32"
+    build(path, data, Path(args.out) / f"collection-scifact-{variant}.npy")
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("MEMRET_API_KEY", None)

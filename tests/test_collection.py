@@ -179,9 +179,27 @@ def test_filtered_dense_search_is_exact_on_both_paths(filter_col, monkeypatch):
     q = vecs(1, 11)[0]
     sims = (X / np.linalg.norm(X, axis=1, keepdims=True)) @ (q / np.linalg.norm(q))
     expect = [f"d{allowed[i]}" for i in np.argsort(-sims)[:10]]
-    assert [h.id for h in c.search(q, k=10, where=where, mode="dense")] == expect  # exact path
+    monkeypatch.setattr(search_mod, "EXACT_RATIO", 0)  # force the exact path (vectors read from SQLite)
+    assert [h.id for h in c.search(q, k=10, where=where, mode="dense")] == expect
     monkeypatch.setattr(search_mod, "EXACT_MAX", 0)  # force the DenseIndex(allowed=...) path
     assert [h.id for h in c.search(q, k=10, where=where, mode="dense")] == expect
+
+
+def test_cached_filter_results_follow_every_write(tmp_path):
+    c = Collection.open(tmp_path / "c", encoder=False, dim=2)
+    other = Collection.open(tmp_path / "c", encoder=False)  # a second handle, as another process would hold
+    c.add(["a", "b"], ["x", "y"], [{"t": 1}, {"t": 2}], vectors=[[1, 0], [0, 1]])
+    w = {"t": {"$gte": 2}}
+    q = np.array([0.6, 0.8])
+    assert [h.id for h in c.search(q, k=5, where=w, mode="dense")] == ["b"]
+    assert [h.id for h in c.search(q, k=5, where=w, mode="dense")] == ["b"]  # served from the cache
+    other.upsert(["a"], ["x"], [{"t": 3}], vectors=[[1, 0]])
+    assert [h.id for h in c.search(q, k=5, where=w, mode="dense")] == ["b", "a"]
+    c.delete(["b"])
+    assert [h.id for h in c.search(q, k=5, where=w, mode="dense")] == ["a"]
+    assert [h.id for h in other.search(q, k=5, where=w, mode="dense")] == ["a"]
+    c.close()
+    other.close()
 
 
 @pytest.mark.parametrize("bad", [{"$foo": 1}, {"a": {"$gt": None}}, {"a": {"$in": 3}}, {"$or": []},

@@ -183,6 +183,11 @@ def test_cli_roundtrip(tmp_path, capsys):
     assert cli(["stats", str(tmp_path / "nothing")]) == 2
     assert "no collection" in capsys.readouterr().err
     assert cli(["search", path, "x", "--mode", "bm25", "--where", '{"$x": 1}']) == 2
+    capsys.readouterr()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'\xef\xbb\xbf{"id": "b1", "text": "t", "vector": [1, 0, 0]}\n\n[1, 2]\n')
+    assert cli(["add", path, str(bad), "--quiet"]) == 2  # memret.jsonl's rules: file:line and what is wrong
+    assert "bad.jsonl:3: expected a JSON object, got a list" in capsys.readouterr().err
 
 
 def test_cli_serve_starts_with_one_command(tmp_path):

@@ -23,28 +23,17 @@ import sys
 from typing import Any, Iterator
 
 from memret.collection.store import Collection
+from memret.jsonl import iter_json_objects
 
 
 def read_rows(path: str) -> Iterator[dict[str, Any]]:
     """Rows of a JSONL or CSV file (``-`` = JSONL on stdin), with their line numbers in errors."""
-    fh = sys.stdin if path == "-" else open(path, encoding="utf-8", newline="")
-    try:
-        if path.endswith(".csv"):
+    if path.endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as fh:
             yield from csv.DictReader(fh)
-            return
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: each line must be a JSON object")
-            yield row
-    finally:
-        if fh is not sys.stdin:
-            fh.close()
+        return
+    for _, row in iter_json_objects("<stdin>" if path == "-" else path, sys.stdin.buffer if path == "-" else None):
+        yield row
 
 
 def to_doc(row: dict[str, Any], id_field: str, text_field: str, title_field: str | None) -> tuple:

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS docs(
     vector BLOB NOT NULL,
     seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS docs_seq ON docs(seq);
+-- Filters scan this covering index (metadata + rowid, ~50 rows a page) instead of the wide docs rows.
+CREATE INDEX IF NOT EXISTS docs_meta ON docs(metadata);
 CREATE TABLE IF NOT EXISTS deleted(rid INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS deleted_seq ON deleted(seq);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, content='docs', content_rowid='rid',

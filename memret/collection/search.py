@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -14,16 +16,50 @@ from memret.collection.validate import utf8
 if TYPE_CHECKING:
     from memret.collection.store import Collection, Hit
 
-# A filter matching at most this many documents is ranked exactly over their stored vectors (cheaper
-# than a full-index scan with an id selector); larger ones go through the DenseIndex with `allowed`.
+# A filter matching at most EXACT_MAX documents is ranked exactly over their vectors read from SQLite:
+# always for approximate indexes (an IVF/HNSW search restricted to few ids may miss some), and for the
+# exact "Flat" index only when that is cheaper than its full scan with an id selector (reading one
+# vector from SQLite costs about as much as scanning EXACT_RATIO vectors in FAISS).
 EXACT_MAX = 2048
+EXACT_RATIO = 64
 RRF_K = 60
+
+
+class FilterCache:
+    """The rowids matching recent filters, valid for one database ``seq`` (any write anywhere empties it).
+
+    An app tends to repeat a few filters; their SQL scan (a JSON test per document) then runs once per
+    change of the collection instead of once per query.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self.size, self.seq = size, -1
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, seq: int, key: tuple) -> np.ndarray | None:
+        with self._lock:
+            if seq != self.seq:
+                self._d.clear()
+                self.seq = seq
+                return None
+            hit = self._d.get(key)
+            if hit is not None:
+                self._d.move_to_end(key)
+            return hit
+
+    def put(self, seq: int, key: tuple, rids: np.ndarray) -> None:
+        with self._lock:
+            if seq == self.seq:
+                self._d[key] = rids
+                while len(self._d) > self.size:
+                    self._d.popitem(last=False)
 
 
 def run_search(col: "Collection", query: Any, k: int, where: Mapping[str, Any] | None, mode: str,
                depth: int | None) -> list["Hit"]:
     """See :meth:`Collection.search`."""
-    from memret.collection.store import Hit  # noqa: PLC0415 (store imports this module lazily)
+    from memret.collection.store import Hit  # noqa: PLC0415 (store imports this module: no cycle at import)
 
     if mode not in ("dense", "bm25", "hybrid"):
         raise ValueError(f"unknown mode {mode!r}; known: ['bm25', 'dense', 'hybrid']")
@@ -85,17 +121,22 @@ def _dense(col: "Collection", con, q: np.ndarray, k: int, sql: str, params: list
         ranked = _pairs(col, D[0], I[0])
         if len(ranked) >= min(k, n):
             return ranked
-        return _exact(col, con, q, k, "1", [])  # an approximate index came back short
-    allowed = [r for (r,) in con.execute(f"SELECT rid FROM docs WHERE {sql}", params)]
-    if not allowed:
+        return _exact(col, con, q, k, None)  # an approximate index came back short
+    key = (sql, tuple(params))
+    allowed = col._filter_cache.get(seq, key)
+    if allowed is None:
+        cur = con.execute(f"SELECT rid FROM docs WHERE {sql}", params)
+        allowed = np.fromiter((r for (r,) in cur), np.int64)
+        col._filter_cache.put(seq, key, allowed)
+    if not allowed.size:
         return []
-    if len(allowed) <= EXACT_MAX:
-        return _exact(col, con, q, k, sql, params)
+    if len(allowed) <= EXACT_MAX and (col.factory != "Flat" or len(allowed) * EXACT_RATIO <= len(index)):
+        return _exact(col, con, q, k, allowed)
     D, I = index.search(q, k, allowed=allowed)
     ranked = _pairs(col, D[0], I[0])
     if len(ranked) >= min(k, len(allowed)):
         return ranked
-    return _exact(col, con, q, k, sql, params)
+    return _exact(col, con, q, k, allowed)
 
 
 def _pairs(col: "Collection", D: np.ndarray, I: np.ndarray) -> list[tuple[int, float]]:
@@ -103,9 +144,16 @@ def _pairs(col: "Collection", D: np.ndarray, I: np.ndarray) -> list[tuple[int, f
     return [(int(r), sign * float(d)) for r, d in zip(I.tolist(), D.tolist()) if r is not None and r >= 0]
 
 
-def _exact(col: "Collection", con, q: np.ndarray, k: int, sql: str, params: list) -> list[tuple[int, float]]:
-    """Brute-force top-k over the stored vectors of the documents matching ``sql``."""
-    rows = con.execute(f"SELECT rid, vector FROM docs WHERE {sql}", params).fetchall()
+def _exact(col: "Collection", con, q: np.ndarray, k: int, rids: np.ndarray | None) -> list[tuple[int, float]]:
+    """Brute-force top-k over the stored vectors of the documents ``rids`` (None: all)."""
+    if rids is None:
+        rows = con.execute("SELECT rid, vector FROM docs").fetchall()
+    else:
+        rows = []
+        for s in range(0, len(rids), 500):
+            part = rids[s : s + 500].tolist()
+            rows += con.execute(f"SELECT rid, vector FROM docs WHERE rid IN ({','.join('?' * len(part))})",
+                                part).fetchall()
     if not rows:
         return []
     rids = np.fromiter((r for r, _ in rows), np.int64, len(rows))

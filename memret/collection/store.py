@@ -27,6 +27,7 @@ import numpy as np
 from memret.collection import db
 from memret.collection.embed import DefaultEncoder, encoder_identity
 from memret.collection.filters import compile_where
+from memret.collection.search import FilterCache, run_search
 from memret.collection.validate import check_ids, check_metadata, check_texts, check_vectors
 from memret.collection.vectors import VectorCache
 
@@ -130,6 +131,7 @@ class Collection:
         self.factory, self.metric = self.meta["factory"], self.meta["metric"]
         self._vectors: VectorCache | None = None
         self._vec_lock = threading.Lock()
+        self._filter_cache = FilterCache()
         if "dim" in self.meta:
             self._vectors_for(int(self.meta["dim"])).sync(self._con())
         return self
@@ -141,7 +143,7 @@ class Collection:
             raise RuntimeError(f"collection {self.path} is closed")
         if os.getpid() != self._pid:  # forked: never reuse the parent's connections
             self._pid, self._local, self._cons = os.getpid(), threading.local(), []
-            self._vectors = None
+            self._vectors, self._filter_cache = None, FilterCache()
         con = getattr(self._local, "con", None)
         if con is None:
             con = db.connect(self.path / db.DB_FILE, self.timeout, self._durability)
@@ -372,8 +374,6 @@ class Collection:
             Up to k hits, best first; scores are cosine/inner-product similarity, negated squared L2
             distance, BM25 score or RRF score, by mode and metric.
         """
-        from memret.collection.search import run_search  # noqa: PLC0415
-
         return run_search(self, query, k, where, mode, depth)
 
 
