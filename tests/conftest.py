@@ -1,5 +1,13 @@
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -26,3 +34,17 @@ def colour_blobs(n_per: int = 30, n_classes: int = 4, seed: int = 0, noise: floa
 @pytest.fixture
 def data():
     return synthetic(800, 32, seed=1), synthetic(25, 32, seed=2)
+
+
+def run_ranks(worker: Path, argv, n: int = 2, timeout: float = 300) -> None:
+    """Run ``python worker *argv(rank)`` for ranks 0..n-1 as one torch.distributed job on localhost (a free
+    port, memret importable); fail with the tail of each rank's stderr unless every rank exits 0."""
+    with socket.socket() as s:  # a port nobody holds, rather than a guess that can collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen([sys.executable, str(worker), *map(str, argv(r))], env=env, stderr=subprocess.PIPE,
+                              text=True) for r in range(n)]
+    errs = [p.communicate(timeout=timeout)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(e[-3000:] for e in errs)

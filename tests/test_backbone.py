@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from memret import ExemplarBank  # noqa: E402
 from memret.incremental import TrainConfig, run  # noqa: E402
 from memret.incremental.backbone import augment, augment_params  # noqa: E402
 from memret.incremental.data import ArrayImages, LabelledData  # noqa: E402
+from conftest import run_ranks  # noqa: E402
 from test_incremental import _tiny_images  # noqa: E402  (colour-blob images, one colour per class)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,12 +89,6 @@ def test_train_encoder_needs_a_network():
             train_encoder=True, config=CFG, plot=False, out=None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra):
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             **extra}
@@ -102,11 +96,7 @@ def _env(**extra):
 
 def test_data_parallel_training_equals_single_process(tmp_path):
     script = Path(__file__).with_name("dist_train_worker.py")
-    env = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(r), "2"], env=env,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
+    run_ranks(script, lambda r: [tmp_path, r, 2])
     sys.path.insert(0, str(script.parent))
     try:
         from dist_train_worker import initial_model, train

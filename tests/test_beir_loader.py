@@ -34,23 +34,26 @@ def test_reference_folder(tmp_path):
 
 
 # ------------------------------------------------------------------ accepted, read as BEIR reads them
-def _same_as_reference(tmp_path, name, **files):
+def _loaded_and_reference(tmp_path, name, **files):
+    """``(what the folder ``name`` written with ``files`` loads as, what the reference folder loads as)``."""
     ref = load_beir(make(tmp_path / "ref"))
     got = load_beir(make(tmp_path / name, **files))
-    assert (got.corpus, got.queries, got.qrels) == (ref.corpus, ref.queries, ref.qrels)
+    return (got.corpus, got.queries, got.qrels), (ref.corpus, ref.queries, ref.qrels)
 
 
 def test_bom_in_every_file(tmp_path):
     bom = b"\xef\xbb\xbf"
-    _same_as_reference(tmp_path, "bom", raw_corpus=bom + "".join(json.dumps(r) + "\n" for r in CORPUS).encode(),
-                       raw_queries=bom + "".join(json.dumps(r) + "\n" for r in QUERIES).encode(),
-                       raw_qrels=bom + QRELS.encode())
+    got, ref = _loaded_and_reference(
+        tmp_path, "bom", raw_corpus=bom + "".join(json.dumps(r) + "\n" for r in CORPUS).encode(),
+        raw_queries=bom + "".join(json.dumps(r) + "\n" for r in QUERIES).encode(), raw_qrels=bom + QRELS.encode())
+    assert got == ref
 
 
 def test_blank_lines_crlf_and_whole_decimal_grades(tmp_path):
     qrels = "query-id\tcorpus-id\tscore\r\n\r\nq1\td1\t1.0\r\n  \r\nq2\td3\t2\r\nq2\td3\t2\r\n\n\n"
     corpus = "\n".join(json.dumps(r) for r in CORPUS).replace("\n", "\n\n  \n").encode() + b"\n\n"
-    _same_as_reference(tmp_path, "blank", qrels=qrels, raw_corpus=corpus)
+    got, ref = _loaded_and_reference(tmp_path, "blank", qrels=qrels, raw_corpus=corpus)
+    assert got == ref
 
 
 def test_integer_ids_and_null_fields(tmp_path):

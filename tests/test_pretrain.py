@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +27,7 @@ from memret.pretrain import (  # noqa: E402
 )
 from memret.pretrain.dino import dino_views  # noqa: E402
 from memret.pretrain.views import crop, step_generator  # noqa: E402
+from conftest import run_ranks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,21 +311,10 @@ def test_knn_weighted_vote():
 
 
 # ------------------------------------------------------------------ data parallel
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_data_parallel_equals_single_process(sharding, tmp_path):
     script = Path(__file__).with_name("pretrain_dist_worker.py")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(r), "2", sharding], env=env,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-3000:] for e in errs)
+    run_ranks(script, lambda r: [tmp_path, r, 2, sharding])
     sys.path.insert(0, str(script.parent))
     try:
         from pretrain_dist_worker import run

@@ -1,7 +1,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from memret.beir import load_beir, score_run, to_run
 from memret.beir.evaluate import write_trec
 from memret.retrieval import Hit, interpolate, rrf
+from conftest import run_ranks
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beir" / "scifact"
 
@@ -370,16 +370,7 @@ def test_distributed_encoding_matches_single_process(tmp_path):
     texts = [" ".join(["the memory"] * (i % 7 + 1)) for i in range(23)]
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     script = Path(__file__).with_name("dist_encode_worker.py")
-    with socket.socket() as s:  # a port nobody holds, rather than a guess that can collide
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    procs = [subprocess.Popen([sys.executable, str(script), model, str(tmp_path), str(r), "2"], env=env,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
+    run_ranks(script, lambda r: [model, tmp_path, r, 2])
     from memret.retrieval import TextEncoder
 
     single = TextEncoder(model, device="cpu", batch_size=4).encode(texts)
