@@ -83,6 +83,17 @@ def test_unfitted_patch_encoders_refuse_to_encode():
         PatchKMeansEncoder(n_centroids=8)(_images(2))
 
 
+@pytest.mark.parametrize("side", [12, 13])  # an even and an odd number of patch positions per side
+def test_kmeans_inference_path_equals_the_differentiable_one(side):
+    enc = PatchKMeansEncoder(n_centroids=8, patch=4).fit(_images(30), n_patches=2000, seed=0)
+    x = _images(5, side=side, seed=3).requires_grad_(True)
+    with torch.no_grad():
+        fast = enc(x)
+    slow = enc(x)  # autograd on: the cdist + adaptive pooling path
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-4)
+
+
 def test_kmeans_patches_shapes_and_determinism():
     imgs = _images(30)
     e1 = PatchKMeansEncoder(n_centroids=8, patch=4).fit(imgs, n_patches=2000, seed=0)

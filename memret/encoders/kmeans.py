@@ -80,10 +80,36 @@ class PatchKMeansEncoder(nn.Module):
         return torch.relu(z.mean(-1, keepdim=True) - z)
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._pooled_inplace(x)
         f = self.activation_map(x)  # (B, L, K)
         side = int(round(f.shape[1] ** 0.5))
         f = f.transpose(1, 2).reshape(x.shape[0], -1, side, side)
         return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4K), quadrant pooling
+
+    def _pooled_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_pooled` without autograd, ~2x faster on a CPU: one image's (L, K) distances at a time in one
+        reused buffer (a fresh 5 MB tensor per step costs more in page faults than the product itself),
+        ``|w|^2 + |c|^2 - 2 w.c`` by one ``addmm``, activations and pooling in place."""
+        if not bool(self.fitted):
+            raise RuntimeError("PatchKMeansEncoder is not fitted: call fit(images) first")
+        w = (self._patches(x) - self.mean) @ self.whiten  # (B, L, P)
+        B, L, P = w.shape
+        c, K = self.centroids, self.n_centroids
+        cc, ww = (c * c).sum(1), (w * w).sum(-1, keepdim=True)
+        side = int(round(L ** 0.5))
+        cuts = [(0, -(-side // 2)), (side // 2, side)]  # adaptive_avg_pool2d(., 2)'s (overlapping) halves
+        cells = [(a0, a1, b0, b1) for a0, a1 in cuts for b0, b1 in cuts]
+        out = w.new_empty(B, K, len(cells))
+        z = w.new_empty(L, K)
+        for i in range(B):
+            torch.addmm(cc, w[i], c.T, alpha=-2.0, out=z)
+            z.add_(ww[i]).clamp_(min=0).sqrt_()              # distances to the centroids
+            z.sub_(z.mean(1, keepdim=True)).neg_().clamp_(min=0)  # triangle: max(0, mean_k z - z_k)
+            f = z.view(side, side, K)
+            for j, (a0, a1, b0, b1) in enumerate(cells):
+                out[i, :, j] = f[a0:a1, b0:b1].sum((0, 1)) / ((a1 - a0) * (b1 - b0))
+        return out.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 4K), a few images at a time: at most ~32M distances live at once.
