@@ -144,6 +144,40 @@ def test_filtered_search(data, factory):
     assert Ie[0, 0] + 100 not in I[0]
 
 
+def test_filter_on_explicit_int_ids_follows_adds_removes_and_upserts():
+    """Out-of-order int ids (the explicit map): a filter's allowed ids are translated in one vectorised
+    lookup whose sorted keys must follow every add, remove and upsert; brute force is the reference."""
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(10**6)[:300]           # scattered, out of order: not the identity fast path
+    vecs = {int(i): v for i, v in zip(ids, rng.standard_normal((300, 16)).astype(np.float32))}
+    idx = DenseIndex(16, metric="ip")
+    idx.add(ids, np.stack(list(vecs.values())))
+    xq = rng.standard_normal((4, 16)).astype(np.float32)
+
+    def check(allowed):
+        _, got = idx.search(xq, 5, allowed=allowed)
+        keys = [k for k in vecs if k in set(int(a) for a in allowed)]
+        ref = np.asarray(keys)[np.argsort(-(xq @ np.stack([vecs[k] for k in keys]).T), axis=1)[:, :5]]
+        np.testing.assert_array_equal(got, ref)
+
+    allowed = np.concatenate([ids[:200], [-5, 10**6 + 7]])   # unknown ids are ignored
+    check(allowed)
+    idx.remove(ids[:50].tolist())                              # removed after the first filtered search
+    for i in ids[:50].tolist():
+        del vecs[i]
+    check(allowed)
+    with pytest.raises(KeyError, match="unknown"):            # removed ids are unknown to every lookup
+        idx.remove(ids[:50].tolist())
+    new = np.asarray([10**6 + 7, 10**6 + 9])                    # added ids, one of them already allowed
+    for i, v in zip(new.tolist(), rng.standard_normal((2, 16)).astype(np.float32)):
+        vecs[i] = v * 10                                       # large norms: they must win when allowed
+    idx.add(new, np.stack([vecs[i] for i in new.tolist()]))
+    check(allowed)
+    vecs[int(ids[60])] = -vecs[int(ids[60])]                   # an upsert moves a key to a new internal id
+    idx.upsert([int(ids[60])], vecs[int(ids[60])][None])
+    check(allowed)
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,PQ16x4"])
 def test_save_load_round_trip(tmp_path, data, factory):
     xb, xq = data

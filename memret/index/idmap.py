@@ -75,6 +75,7 @@ class IdMap:
         self._removed: set[int] = set()  # identity mode: removed internal ids
         self._fwd: dict[Any, int] = {}  # explicit mode: key -> internal id
         self._rev = np.empty(0, dtype=np.int64)  # explicit mode: internal id -> key
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # explicit int mode: sorted keys, their iids
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -117,6 +118,13 @@ class IdMap:
                 ok &= ~np.isin(k, np.fromiter(self._removed, np.int64, len(self._removed)))
             unknown = k[~ok].tolist()
             found = k[ok]
+        elif (self.kind == "int" and isinstance(keys, np.ndarray) and keys.dtype.kind in "iu"
+              and (self._sorted is not None or 8 * len(keys) >= len(self._fwd))):
+            sk, si = self._sorted_keys()  # many keys (a filter's allowed ids): one vectorised lookup
+            k = np.asarray(keys, dtype=np.int64)
+            pos = np.minimum(np.searchsorted(sk, k), max(sk.size - 1, 0))
+            ok = sk[pos] == k if sk.size else np.zeros(k.size, dtype=bool)
+            unknown, found = k[~ok].tolist(), si[pos[ok]]
         else:
             keys = keys.tolist() if isinstance(keys, np.ndarray) else keys
             got = [self._fwd.get(k) for k in keys]
@@ -125,6 +133,16 @@ class IdMap:
         if unknown and missing == "raise":
             raise KeyError(f"{len(unknown)} unknown id(s), e.g. {unknown[:5]!r}")
         return found
+
+    def _sorted_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted int keys, their internal ids) of the explicit map; kept until the next add or remove."""
+        if self._sorted is None:
+            n = len(self._fwd)
+            k = np.fromiter(self._fwd.keys(), dtype=np.int64, count=n)
+            i = np.fromiter(self._fwd.values(), dtype=np.int64, count=n)
+            order = np.argsort(k, kind="stable")
+            self._sorted = (k[order], i[order])
+        return self._sorted
 
     def live(self) -> tuple[list, np.ndarray]:
         """``(keys, internal ids)`` of every live entry, in insertion order."""
@@ -167,6 +185,7 @@ class IdMap:
         return np.arange(self.next_iid, self.next_iid + n, dtype=np.int64), present
 
     def commit_add(self, kind: IdKind, keys: np.ndarray | list, iids: np.ndarray) -> None:
+        self._sorted = None
         if self.kind is None:
             self.kind = kind
             self._identity = kind == "int"
@@ -184,6 +203,7 @@ class IdMap:
     def remove(self, keys: list | np.ndarray) -> np.ndarray:
         """Forget ``keys`` (all present); returns their internal ids."""
         iids = self.lookup(keys)
+        self._sorted = None
         if self._identity:
             self._removed.update(iids.tolist())
         else:
