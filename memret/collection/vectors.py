@@ -125,11 +125,19 @@ class VectorCache:
         return True
 
     # ------------------------------------------------------------------ catch-up
-    def sync(self, con: sqlite3.Connection, seq: int | None = None) -> DenseIndex:
-        """The index, caught up with the database (cheap when nothing changed)."""
+    def sync(self, con: sqlite3.Connection, seq: int | None = None) -> DenseIndex | None:
+        """The index, caught up with the database (cheap when nothing changed).
+
+        ``seq`` is the caller's view of the database (read inside its read transaction). Returns None
+        when the index is already past it: another thread of this process committed and applied a write
+        after the caller's snapshot began, and the caller should start a newer snapshot (the index never
+        goes back: rolling it back would mean reloading it).
+        """
         if seq is not None and seq == self.seq and self.index is not None:
             return self.index
         with self._lock:
+            if seq is not None and self.index is not None and self.seq > seq:
+                return None
             self._catch_up(con)
             return self.index
 
