@@ -3,6 +3,8 @@
     python experiments/issue12_cifar10_table.py run --order 0             # one order, every method (resumes)
     python experiments/issue12_cifar10_table.py run --order 1993 --method ranpac --out runs/issue12/timed
     python experiments/issue12_cifar10_table.py table --orders 1993 0 1   # mean +- std -> table.json, table.png
+    python experiments/issue12_cifar10_table.py run --order 0 --method slda ranpac \
+        --encoder kmeans_patches --encoder-kw '{"n_centroids": 1600}' --out runs/issue12/km1600
 
 Split CIFAR-10, 5 tasks, memory 2,000 (herding), encoder ``patch_dictionary`` (1,024 whitened
 patches, stride 2, 2x2 grid: 8,192 dimensions), fitted without labels on each order's first
@@ -28,7 +30,8 @@ ENCODER = "patch_dictionary"
 PER_METHOD = {"mtn": {"epochs": 3}, "mtn_ranpac": {"epochs": 3}}
 
 
-def run_order(order: int, methods: list[str], out: Path, cache_dir: str, cfg_kw: dict, tag: str) -> None:
+def run_order(order: int, methods: list[str], out: Path, cache_dir: str, cfg_kw: dict, tag: str,
+              encoder: str = ENCODER, encoder_kw: dict | None = None) -> None:
     from memret.incremental import TrainConfig, run
 
     for m in methods:
@@ -38,7 +41,7 @@ def run_order(order: int, methods: list[str], out: Path, cache_dir: str, cfg_kw:
             continue
         kw = {**PER_METHOD.get(m, {}), **cfg_kw}
         t0 = time.perf_counter()
-        res = run("cifar10", tasks=5, method=m, encoder=ENCODER, memory=2000, seed=order, out=dest,
+        res = run("cifar10", tasks=5, method=m, encoder=encoder, encoder_kw=encoder_kw, memory=2000, seed=order, out=dest,
                   cache_dir=cache_dir, config=TrainConfig(**kw))
         wall = time.perf_counter() - t0
         s = res.methods[m].summary
@@ -47,7 +50,7 @@ def run_order(order: int, methods: list[str], out: Path, cache_dir: str, cfg_kw:
         print(f"order {order} {m}{tag}: last {100 * s['last_accuracy']:.2f}  wall {wall:.0f}s", flush=True)
 
 
-def table(orders: list[int], out: Path, tag: str = "") -> dict:
+def table(orders: list[int], out: Path, tag: str = "", encoder: str = ENCODER) -> dict:
     rows = {}
     for m in METHODS:
         last, avg, walls = [], [], []
@@ -64,7 +67,7 @@ def table(orders: list[int], out: Path, tag: str = "") -> dict:
             rows[m] = {"orders": len(last), "last_mean": float(np.mean(last)), "last_std": float(np.std(last)),
                        "avg_inc_mean": float(np.mean(avg)), "avg_inc_std": float(np.std(avg)), "last": last,
                        "wall_s": walls}
-    summary = {"dataset": "cifar10", "tasks": 5, "memory": 2000, "encoder": ENCODER, "orders": orders,
+    summary = {"dataset": "cifar10", "tasks": 5, "memory": 2000, "encoder": encoder, "orders": orders,
                "methods": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"table{tag}.json").write_text(json.dumps(summary, indent=2))
@@ -82,7 +85,7 @@ def table(orders: list[int], out: Path, tag: str = "") -> dict:
     ax.bar(names, [rows[n]["last_mean"] for n in names], yerr=[rows[n]["last_std"] for n in names], capsize=4)
     ax.axhline(80, color="k", ls="--", lw=1, label="80% target")
     ax.set_ylabel("last accuracy (%), mean +- std over orders")
-    ax.set_title(f"Split CIFAR-10, 5 tasks, memory 2,000, {ENCODER} (orders {orders})", fontsize=9)
+    ax.set_title(f"Split CIFAR-10, 5 tasks, memory 2,000, {encoder} (orders {orders})", fontsize=9)
     ax.tick_params(axis="x", rotation=30)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -99,12 +102,15 @@ def main() -> None:
     ap.add_argument("--out", default="runs/issue12")
     ap.add_argument("--cache-dir", default="indices")
     ap.add_argument("--cfg", default="{}", help="TrainConfig overrides as JSON, e.g. '{\"fusion\": \"mtn_only\"}'")
+    ap.add_argument("--encoder", default=ENCODER, help="a memret.encoders name (label-free: fitted on task 1)")
+    ap.add_argument("--encoder-kw", default="{}", help='its arguments as JSON, e.g. \'{"n_centroids": 1600}\'')
     ap.add_argument("--tag", default="", help="suffix of the method folders (ablations)")
     a = ap.parse_args()
     if a.stage == "run":
-        run_order(a.order, a.method, Path(a.out), a.cache_dir, json.loads(a.cfg), a.tag)
+        run_order(a.order, a.method, Path(a.out), a.cache_dir, json.loads(a.cfg), a.tag, a.encoder,
+                  json.loads(a.encoder_kw))
     else:
-        table(a.orders, Path(a.out), a.tag)
+        table(a.orders, Path(a.out), a.tag, a.encoder + (f" {a.encoder_kw}" if a.encoder_kw != "{}" else ""))
 
 
 if __name__ == "__main__":

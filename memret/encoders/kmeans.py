@@ -80,7 +80,7 @@ class PatchKMeansEncoder(nn.Module):
         return torch.relu(z.mean(-1, keepdim=True) - z)
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
+        if not (torch.is_grad_enabled() and x.requires_grad):  # no graph to build: the fast path
             return self._pooled_inplace(x)
         f = self.activation_map(x)  # (B, L, K)
         side = int(round(f.shape[1] ** 0.5))

@@ -1,0 +1,96 @@
+"""What a frozen label-free encoder allows at best: the analytic heads trained jointly on all classes.
+
+    python experiments/issue12_ceiling.py --encoder kmeans_patches --encoder-kw '{"n_centroids": 1600}'
+    python experiments/issue12_ceiling.py --encoder patch_dictionary --projection 0 4096
+
+A class-incremental RanPAC head ends equal to the ridge head trained once on all the data (the
+order-invariance test in tests/test_issue12_methods.py), so the jointly trained head is the ceiling
+of ``ranpac`` on an encoder; the SLDA head is accumulated the same way. This script reads the
+features exactly as :func:`memret.incremental.run` makes them (the encoder fitted without labels on
+the first task of class order ``--order``; the same ``indices/`` cache, encoded here if absent),
+holds out ``--holdout`` of the TRAINING rows (a hash of the row, :func:`holdout_rows`) and reports
+accuracy on them: the test set is never read. Each head chooses its own hyper-parameter (ridge or
+shrinkage) on a second held-out part of the remaining rows, as inside ``run()``.
+Writes ``<out>/ceiling-<encoder>-<order>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoder", default="kmeans_patches")
+    ap.add_argument("--encoder-kw", default="{}", help="encoder constructor arguments as JSON")
+    ap.add_argument("--order", type=int, default=1993, help="class order (its first task fits the encoder)")
+    ap.add_argument("--tasks", type=int, default=5)
+    ap.add_argument("--projection", type=int, nargs="+", default=[0], help="RanPAC widths M (0: plain ridge)")
+    ap.add_argument("--slda", action="store_true", help="also the SLDA head (shrinkage chosen on held-out rows)")
+    ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the training rows scored")
+    ap.add_argument("--root", default=None)
+    ap.add_argument("--cache-dir", default="indices")
+    ap.add_argument("--out", default="runs/issue12")
+    args = ap.parse_args()
+
+    import torch
+
+    from memret.heads import SLDA, RanPAC
+    from memret.incremental import make_tasks
+    from memret.incremental.analytic import holdout_rows
+    from memret.incremental.data import load_dataset
+    from memret.incremental.features import build_encoder, extract_features
+    from memret.incremental.run import feature_cache_file
+    from memret.persist import atomic_write
+
+    kw = json.loads(args.encoder_kw)
+    data = load_dataset("cifar10", args.root)
+    ytr = np.asarray(data.train.targets)
+    cache = feature_cache_file(data, args.encoder, kw, args.tasks, args.order, args.order, args.cache_dir)
+    if cache.is_file():
+        X = np.load(cache)["train"]
+    else:  # as run() does it, so the cache serves later run() calls too
+        stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
+        enc, _ = build_encoder(args.encoder, data, stream[0], kw, args.order)
+        X = extract_features(enc, data.train, desc="train features")
+        Xte = extract_features(enc, data.test, desc="test features")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, lambda f: np.savez(f, train=X, test=Xte))
+    rows = np.arange(len(ytr))
+    val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (a different hash from run()'s)
+    inner = holdout_rows(rows[~val], args.order)              # the heads' own choice, as in run()
+    Xf, yf, Xv, yv = torch.from_numpy(X[~val]), ytr[~val], torch.from_numpy(X[val]), ytr[val]
+    res = {"encoder": args.encoder, "encoder_kw": kw, "dim": int(X.shape[1]), "order": args.order,
+           "train_rows": int((~val).sum()), "validation_rows": int(val.sum()), "heads": {}}
+    for M in args.projection:
+        t0 = time.perf_counter()
+        head = RanPAC(10, projection=M, seed=args.order).fit_task(Xf, yf, holdout=inner)
+        acc = float((head.predict(Xv) == yv).mean())
+        name = f"ridge (RanPAC M={M})" if M else "ridge (no projection)"
+        res["heads"][name] = {"validation_accuracy": acc, "ridge": head.lam, "seconds": time.perf_counter() - t0}
+        print(f"{name:<28} validation {100 * acc:.2f}  ridge {head.lam:.3g}  {time.perf_counter() - t0:.0f}s",
+              flush=True)
+    if args.slda:
+        t0 = time.perf_counter()
+        best = None
+        probe = SLDA(10, shrinkage=1e-4).fit_task(Xf[~torch.from_numpy(inner)], yf[~inner])
+        for s in (1e-4, 1e-3, 1e-2, 1e-1, 0.5):   # run()'s grid, chosen on the inner held-out rows
+            a = float((probe.set_shrinkage(s).predict(Xf[torch.from_numpy(inner)]) == yf[inner]).mean())
+            best = max(best or (a, s), (a, s))
+        head = SLDA(10, shrinkage=best[1]).fit_task(Xf, yf)
+        acc = float((head.predict(Xv) == yv).mean())
+        res["heads"]["slda"] = {"validation_accuracy": acc, "shrinkage": best[1], "seconds": time.perf_counter() - t0}
+        print(f"{'slda':<28} validation {100 * acc:.2f}  shrinkage {best[1]:g}  {time.perf_counter() - t0:.0f}s",
+              flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / f"ceiling-{args.encoder}-{args.order}.json", lambda f: f.write(json.dumps(res, indent=2).encode()))
+
+
+if __name__ == "__main__":
+    main()
