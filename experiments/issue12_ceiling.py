@@ -38,11 +38,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/issue12")
     args = ap.parse_args()
 
-    import torch
-
     from memret.heads import SLDA, RanPAC
-    from memret.incremental import make_tasks
-    from memret.incremental.analytic import holdout_rows
+    from memret.incremental import TrainConfig, make_tasks
+    from memret.incremental.analytic import choose_shrinkage, holdout_rows
     from memret.incremental.data import load_dataset
     from memret.incremental.features import build_encoder, extract_features
     from memret.incremental.run import feature_cache_file
@@ -64,7 +62,7 @@ def main() -> None:
     rows = np.arange(len(ytr))
     val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (a different hash from run()'s)
     inner = holdout_rows(rows[~val], args.order)              # the heads' own choice, as in run()
-    Xf, yf, Xv, yv = torch.from_numpy(X[~val]), ytr[~val], torch.from_numpy(X[val]), ytr[val]
+    Xf, yf, Xv, yv = X[~val], ytr[~val], X[val], ytr[val]
     res = {"encoder": args.encoder, "encoder_kw": kw, "dim": int(X.shape[1]), "order": args.order,
            "train_rows": int((~val).sum()), "validation_rows": int(val.sum()), "heads": {}}
     for M in args.projection:
@@ -77,15 +75,12 @@ def main() -> None:
               flush=True)
     if args.slda:
         t0 = time.perf_counter()
-        best = None
-        probe = SLDA(10, shrinkage=1e-4).fit_task(Xf[~torch.from_numpy(inner)], yf[~inner])
-        for s in (1e-4, 1e-3, 1e-2, 1e-1, 0.5):   # run()'s grid, chosen on the inner held-out rows
-            a = float((probe.set_shrinkage(s).predict(Xf[torch.from_numpy(inner)]) == yf[inner]).mean())
-            best = max(best or (a, s), (a, s))
-        head = SLDA(10, shrinkage=best[1]).fit_task(Xf, yf)
+        shrinkage = choose_shrinkage(Xf, yf, inner, TrainConfig().slda_shrinkages, 10)  # run()'s grid
+        head = SLDA(10, shrinkage=shrinkage).fit_task(Xf, yf)
         acc = float((head.predict(Xv) == yv).mean())
-        res["heads"]["slda"] = {"validation_accuracy": acc, "shrinkage": best[1], "seconds": time.perf_counter() - t0}
-        print(f"{'slda':<28} validation {100 * acc:.2f}  shrinkage {best[1]:g}  {time.perf_counter() - t0:.0f}s",
+        res["heads"]["slda"] = {"validation_accuracy": acc, "shrinkage": shrinkage,
+                                "seconds": time.perf_counter() - t0}
+        print(f"{'slda':<28} validation {100 * acc:.2f}  shrinkage {shrinkage:g}  {time.perf_counter() - t0:.0f}s",
               flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,11 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 FORMAT_VERSION = 1
 DB_FILE = "collection.sqlite"
+IN_CHUNK = 500  # values per SQL IN (...) list (SQLite allows 32,766 parameters)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -196,3 +197,13 @@ def set_meta(con: sqlite3.Connection, key: str, value: str) -> None:
     """Set one meta value (inside the caller's write transaction)."""
     con.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value))
+
+
+def execute_in(con: sqlite3.Connection, head: str, column: str, values: Sequence) -> list[tuple]:
+    """The rows of ``{head} WHERE {column} IN (values)`` (a SELECT; a DELETE returns none), the values
+    bound ``IN_CHUNK`` to a statement."""
+    rows: list[tuple] = []
+    for s in range(0, len(values), IN_CHUNK):
+        part = list(values[s : s + IN_CHUNK])
+        rows += con.execute(f"{head} WHERE {column} IN ({','.join('?' * len(part))})", part).fetchall()
+    return rows

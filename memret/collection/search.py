@@ -197,11 +197,7 @@ def _exact(col: "Collection", con, q: np.ndarray, k: int, rids: np.ndarray | Non
     if rids is None:
         rows = con.execute("SELECT rid, vector FROM docs").fetchall()
     else:
-        rows = []
-        for s in range(0, len(rids), 500):
-            part = rids[s : s + 500].tolist()
-            rows += con.execute(f"SELECT rid, vector FROM docs WHERE rid IN ({','.join('?' * len(part))})",
-                                part).fetchall()
+        rows = db.execute_in(con, "SELECT rid, vector FROM docs", "rid", rids.tolist())
     if not rows:
         return []
     rids = np.fromiter((r for r, _ in rows), np.int64, len(rows))
@@ -225,10 +221,4 @@ def _rrf(runs: list[list[tuple[int, float]]], k: int) -> list[tuple[int, float]]
 
 
 def _fetch(con, rids: list[int]) -> dict[int, tuple[str, str, str]]:
-    out: dict[int, tuple[str, str, str]] = {}
-    for s in range(0, len(rids), 500):
-        part = rids[s : s + 500]
-        q = f"SELECT rid, id, text, metadata FROM docs WHERE rid IN ({','.join('?' * len(part))})"
-        for r, i, t, m in con.execute(q, part).fetchall():
-            out[r] = (i, t, m)
-    return out
+    return {r: (i, t, m) for r, i, t, m in db.execute_in(con, "SELECT rid, id, text, metadata FROM docs", "rid", rids)}

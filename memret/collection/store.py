@@ -34,7 +34,6 @@ from memret.collection.vectors import VectorCache
 log = logging.getLogger(__name__)
 Mode = Literal["dense", "bm25", "hybrid"]
 _MODES = ("dense", "bm25", "hybrid")
-_CHUNK = 500  # ids per SQL IN (...) list (SQLite allows 32,766 parameters)
 CACHE_KIB = 32768  # SQLite page cache per connection (PRAGMA cache_size), KiB
 
 
@@ -270,20 +269,11 @@ class Collection:
 
     @staticmethod
     def _present(con, ids: list[str]) -> set[str]:
-        out: set[str] = set()
-        for s in range(0, len(ids), _CHUNK):
-            part = ids[s : s + _CHUNK]
-            q = f"SELECT id FROM docs WHERE id IN ({','.join('?' * len(part))})"
-            out.update(r for (r,) in con.execute(q, part))
-        return out
+        return {r for (r,) in db.execute_in(con, "SELECT id FROM docs", "id", ids)}
 
     @staticmethod
     def _rids(con, ids: list[str]) -> list[int]:
-        found: dict[str, int] = {}
-        for s in range(0, len(ids), _CHUNK):
-            part = ids[s : s + _CHUNK]
-            q = f"SELECT id, rid FROM docs WHERE id IN ({','.join('?' * len(part))})"
-            found.update(con.execute(q, part).fetchall())
+        found = dict(db.execute_in(con, "SELECT id, rid FROM docs", "id", ids))
         return [found[i] for i in ids]
 
     def delete(self, ids: Sequence[str], missing: Literal["raise", "skip"] = "skip") -> int:
@@ -303,9 +293,7 @@ class Collection:
             if missing == "raise" and len(found) != len(ids):
                 raise KeyError(f"{len(ids) - len(found)} id(s) not stored, e.g. {sorted(set(ids) - found)[:3]}")
             rids = self._rids(con, sorted(found))
-            for s in range(0, len(rids), _CHUNK):
-                part = rids[s : s + _CHUNK]
-                con.execute(f"DELETE FROM docs WHERE rid IN ({','.join('?' * len(part))})", part)
+            db.execute_in(con, "DELETE FROM docs", "rid", rids)
         if self._vectors is not None:
             self._vectors.apply(con, seq, np.empty(0, np.int64), None, removed=np.asarray(rids, np.int64))
         return len(rids)
@@ -315,22 +303,14 @@ class Collection:
         """The stored documents for ``ids``, in order (``None`` where an id is not stored)."""
         ids = check_ids(ids)
         con = self._con()
-        found: dict[str, Document] = {}
-        for s in range(0, len(ids), _CHUNK):
-            part = ids[s : s + _CHUNK]
-            q = f"SELECT id, text, metadata FROM docs WHERE id IN ({','.join('?' * len(part))})"
-            for i, t, m in con.execute(q, part):
-                found[i] = Document(i, t, json.loads(m))
+        found = {i: Document(i, t, json.loads(m))
+                 for i, t, m in db.execute_in(con, "SELECT id, text, metadata FROM docs", "id", ids)}
         return [found.get(i) for i in ids]
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """The stored (n, dim) float32 vectors of ``ids`` (as given or encoded; not normalised)."""
         ids = check_ids(ids)
-        rows = {}
-        for s in range(0, len(ids), _CHUNK):
-            part = ids[s : s + _CHUNK]
-            q = f"SELECT id, vector FROM docs WHERE id IN ({','.join('?' * len(part))})"
-            rows.update(self._con().execute(q, part).fetchall())
+        rows = dict(db.execute_in(self._con(), "SELECT id, vector FROM docs", "id", ids))
         missing = [i for i in ids if i not in rows]
         if missing:
             raise KeyError(f"{len(missing)} id(s) not stored, e.g. {missing[:3]}")

@@ -71,11 +71,15 @@ class PatchKMeansEncoder(nn.Module):
         self.feat_std.copy_(feats.std(0).clamp(min=1e-3))
         return self
 
-    def activation_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, K) triangle activations, one row per patch position."""
+    def _whitened(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, P) normalised, whitened patches of (B, C, H, W) images."""
         if not bool(self.fitted):
             raise RuntimeError("PatchKMeansEncoder is not fitted: call fit(images) first")
-        w = (self._patches(x) - self.mean) @ self.whiten  # (B, L, P)
+        return (self._patches(x) - self.mean) @ self.whiten
+
+    def activation_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, K) triangle activations, one row per patch position."""
+        w = self._whitened(x)
         z = torch.cdist(w, self.centroids.unsqueeze(0).expand(w.shape[0], -1, -1))  # (B, L, K)
         return torch.relu(z.mean(-1, keepdim=True) - z)
 
@@ -91,9 +95,7 @@ class PatchKMeansEncoder(nn.Module):
         """:meth:`_pooled` without autograd, ~2x faster on a CPU: one image's (L, K) distances at a time in one
         reused buffer (a fresh 5 MB tensor per step costs more in page faults than the product itself),
         ``|w|^2 + |c|^2 - 2 w.c`` by one ``addmm``, activations and pooling in place."""
-        if not bool(self.fitted):
-            raise RuntimeError("PatchKMeansEncoder is not fitted: call fit(images) first")
-        w = (self._patches(x) - self.mean) @ self.whiten  # (B, L, P)
+        w = self._whitened(x)
         B, L, P = w.shape
         c, K = self.centroids, self.n_centroids
         cc, ww = (c * c).sum(1), (w * w).sum(-1, keepdim=True)

@@ -16,7 +16,7 @@ from memret.incremental.mtn import input_projection, mtn_scores, train_mtn
 from memret.incremental.training import derive_seed, generator, seeded_init
 from memret.memory import ExemplarBank
 
-__all__ = ["AnalyticMethod", "MTNRanPACMethod", "holdout_rows"]
+__all__ = ["AnalyticMethod", "MTNRanPACMethod", "choose_shrinkage", "holdout_rows"]
 
 
 def holdout_rows(rows: np.ndarray, seed: int, fraction: float = 0.2) -> np.ndarray:
@@ -31,6 +31,18 @@ def holdout_rows(rows: np.ndarray, seed: int, fraction: float = 0.2) -> np.ndarr
         r = (r ^ (r >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         r = r ^ (r >> np.uint64(31))
     return (r % np.uint64(1 << 20)).astype(np.float64) / (1 << 20) < fraction
+
+
+def choose_shrinkage(X: np.ndarray, y: np.ndarray, held: np.ndarray, grid, n_classes: int) -> float:
+    """The SLDA shrinkage in ``grid`` (the first best) scoring highest on the rows ``held`` (bool mask), the
+    discriminant learnt from the other rows."""
+    probe = SLDA(n_classes, shrinkage=min(grid)).fit_task(X[~held], y[~held])
+    best, best_acc = None, -1.0
+    for s in grid:
+        acc = float((probe.set_shrinkage(s).predict(X[held]) == y[held]).mean())
+        if acc > best_acc:
+            best, best_acc = s, acc
+    return float(best)
 
 
 class AnalyticMethod(Method):
@@ -72,15 +84,9 @@ class AnalyticMethod(Method):
         return out
 
     def _choose_shrinkage(self, X, y, rows) -> float:
-        h = holdout_rows(rows, self.seed)
-        best, best_acc = None, -1.0
-        probe = SLDA(self.n_classes, shrinkage=min(self.cfg.slda_shrinkages)).fit_task(X[~h], y[~h])
-        for s in self.cfg.slda_shrinkages:
-            acc = float((probe.set_shrinkage(s).predict(X[h]) == y[h]).mean())
-            if acc > best_acc:
-                best, best_acc = s, acc
+        best = choose_shrinkage(X, y, holdout_rows(rows, self.seed), self.cfg.slda_shrinkages, self.n_classes)
         self.model = SLDA(self.n_classes, shrinkage=best)
-        return float(best)
+        return best
 
     def scores(self, X):
         if len(X) == 0:

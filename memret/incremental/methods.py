@@ -38,7 +38,8 @@ from torch import nn
 
 from memret.aggregator import MemoryTransformerNetwork
 from memret.incremental.mtn import input_projection, mtn_scores, train_mtn
-from memret.incremental.training import MemoryBatches, TrainConfig, generator, seeded_init, train_epochs
+from memret.incremental.training import (MemoryBatches, TrainConfig, balanced_weights, generator, seeded_init,
+                                         train_epochs)
 from memret.memory import ExemplarBank
 
 __all__ = ["KNNMethod", "LinearMethod", "MTNMethod", "Method", "NCMMethod", "TrainConfig"]
@@ -138,10 +139,7 @@ class LinearMethod(Method):
         # others, whether it has a task's data or only its exemplars (weights from the task's + memory counts).
         weight = None
         if self.balanced and len(mem):
-            counts = np.bincount(np.concatenate([y, self.bank.labels[old]]), minlength=self.n_classes)
-            counts = counts.astype(np.float32)
-            weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1)
-                                               / np.count_nonzero(counts), 0).astype(np.float32))
+            weight = balanced_weights(np.concatenate([y, self.bank.labels[old]]), self.n_classes)
         self.clf.train()
         loss = train_epochs(step, len(yt), self.cfg, self.opt, generator(self.seed, 2, task))
         return {"loss": loss, "train_size": int(len(yt) + len(mem))}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memret.aggregator import MemoryTransformerNetwork
-from memret.incremental.training import TrainConfig, generator, train_epochs
+from memret.incremental.training import TrainConfig, balanced_weights, generator, train_epochs
 from memret.memory import ExemplarBank
 
 
@@ -123,10 +123,7 @@ def train_mtn(mtn: MemoryTransformerNetwork, opt: torch.optim.Optimizer, bank: E
         Xq, mem_feats = Xt_t @ proj, mem_feats @ proj
     # The current task has all its data, old classes only their exemplars: without balancing,
     # both heads learn to favour the newest classes.
-    weight = None
-    if cfg.balanced:
-        counts = np.bincount(yt, minlength=mask.numel()).astype(np.float32)
-        weight = torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(np.unique(yt)), 0))
+    weight = balanced_weights(yt, mask.numel()) if cfg.balanced else None
 
     def step(idx):
         target = yt_t[idx]

@@ -170,7 +170,7 @@ def run(
     main = _is_main()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    feat_file = feature_cache_file(data, enc_name, encoder_kw, tasks, seed, init_seed, cache_dir)
+    feat_file = feature_cache_file(data, enc_name, encoder_kw, tasks, seed, init_seed, cache_dir, fingerprint)
     if train_encoder:
         enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
 
@@ -210,14 +210,16 @@ def run(
 
 
 def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, tasks: int, seed: int, init_seed: int,
-                       cache_dir: str | os.PathLike = "indices") -> Path:
+                       cache_dir: str | os.PathLike = "indices", fingerprint: str | None = None) -> Path:
     """Where :func:`run` caches the frozen features of ``data`` (an npz with ``train`` and ``test`` arrays).
 
     Features depend on the data, the encoder, its seeded init and (for encoders fitted on the first task)
-    the stream: runs that differ only in methods, memory or training share them.
+    the stream: runs that differ only in methods, memory or training share them. ``fingerprint``:
+    ``data.fingerprint()`` when the caller has it already (it hashes every pixel or file path).
     """
-    feat_key = json.dumps([data.name, data.fingerprint(), len(data.train.targets), len(data.test.targets), enc_name,
-                           sorted(encoder_kw.items(), key=str), tasks, seed, init_seed], default=str)
+    feat_key = json.dumps([data.name, fingerprint or data.fingerprint(), len(data.train.targets),
+                           len(data.test.targets), enc_name, sorted(encoder_kw.items(), key=str), tasks, seed,
+                           init_seed], default=str)
     return Path(cache_dir) / f"features-{data.name}-{hashlib.sha256(feat_key.encode()).hexdigest()[:12]}.npz"
 
 

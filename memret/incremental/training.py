@@ -65,6 +65,15 @@ def seeded_init(module_fn, seed: int, *salt: int) -> nn.Module:
         return module_fn()
 
 
+def balanced_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """(n_classes,) float32 cross-entropy weights under which every class present in ``labels`` weighs the same
+    in total (``N / (n_c * classes present)``; 0 for absent classes): a task's full data and the old classes'
+    few exemplars count alike."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
+    return torch.from_numpy(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / np.count_nonzero(counts),
+                                     0).astype(np.float32))
+
+
 def train_epochs(model_step, n: int, cfg: TrainConfig, opt: torch.optim.Optimizer, gen: torch.Generator,
                  lr: float | None = None, epochs: int | None = None, progress: str | None = None) -> float:
     """Plain minibatch loop: ``model_step(idx) -> loss`` on shuffled index batches; returns the last epoch's mean loss.
