@@ -206,8 +206,12 @@ def speed(args) -> None:
     """
     data = load_dataset("cifar10", root=args.root)
     x32 = data.train.batch(np.arange(256))
-    results = []
+    path = Path(args.out) / "speed.json"
+    # rows of other sizes measured earlier are kept (``--sides 224`` re-measures one size only)
+    results = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r["pixels"] not in args.sides]
     for side, n_fit, n_time in ((32, 256, 128), (64, 64, 32), (224, 8, 4)):
+        if side not in args.sides:
+            continue
         x = x32 if side == 32 else torch.nn.functional.interpolate(x32[:n_fit], size=side, mode="bilinear")
         ref = None
         for name, kw in SPEED_ENCODERS:
@@ -226,7 +230,8 @@ def speed(args) -> None:
                             "ratio_to_reference": ips / ref, "threads": torch.get_num_threads(),
                             "imagenet1k_hours": IMAGENET_IMAGES / ips / 3600})
             print(json.dumps(results[-1]), flush=True)
-            _write_json(Path(args.out) / "speed.json", results)
+            _write_json(path, results)
+            del enc
 
 
 def main() -> None:
@@ -240,6 +245,8 @@ def main() -> None:
     ap.add_argument("--projection", type=int, default=4096, help="stream: RanPAC's random projection width")
     ap.add_argument("--orders", type=int, nargs="+", default=[1993, 1, 2], help="stream: class-order seeds")
     ap.add_argument("--head-samples", type=int, default=4000, help="select: fit-part samples the head learns from")
+    ap.add_argument("--sides", type=int, nargs="+", default=[32, 64, 224], choices=[32, 64, 224],
+                    help="speed: image sizes to (re-)measure")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)

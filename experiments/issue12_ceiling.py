@@ -40,7 +40,7 @@ def main() -> None:
 
     from memret.heads import SLDA, RanPAC
     from memret.incremental import TrainConfig, make_tasks
-    from memret.incremental.analytic import choose_shrinkage, holdout_rows
+    from memret.incremental.analytic import holdout_rows
     from memret.incremental.data import load_dataset
     from memret.incremental.features import build_encoder, extract_features
     from memret.incremental.run import feature_cache_file
@@ -75,8 +75,8 @@ def main() -> None:
               flush=True)
     if args.slda:
         t0 = time.perf_counter()
-        shrinkage = choose_shrinkage(Xf, yf, inner, TrainConfig().slda_shrinkages, 10)  # run()'s grid
-        head = SLDA(10, shrinkage=shrinkage).fit_task(Xf, yf)
+        head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(Xf, yf, holdout=inner)
+        shrinkage = head.shrinkage  # chosen from held-out statistics, as in run() (run()'s grid)
         acc = float((head.predict(Xv) == yv).mean())
         res["heads"]["slda"] = {"validation_accuracy": acc, "shrinkage": shrinkage,
                                 "seconds": time.perf_counter() - t0}

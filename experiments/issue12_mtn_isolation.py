@@ -2,8 +2,10 @@
 
     python experiments/issue12_mtn_isolation.py --orders 1993 0 1                 # every variant
     python experiments/issue12_mtn_isolation.py --orders 1993 --variants replay replay_bal mtn
+    python experiments/issue12_mtn_isolation.py --encoder kmeans_patches --encoder-kw '{"n_centroids": 1600}' \
+        --variants replay replay_bal mtn slda mtn_slda --out runs/issue12/km1600
 
-Split CIFAR-10, 5 tasks, memory 2,000, the frozen ``patch_dictionary`` features that
+Split CIFAR-10, 5 tasks, memory 2,000, the frozen features (``--encoder``, default ``patch_dictionary``) that
 ``experiments/issue12_cifar10_table.py`` cached for each class order (``run()``'s cache in
 ``indices/``; run that first). Each task's training rows are split by a hash of the row into
 90% to learn from and 10% to validate on; after the last task every variant is scored on the
@@ -13,7 +15,8 @@ validation rows of all 10 classes. Variants differ in one thing each:
 - ``mtn`` (fused, trained with the fused loss) vs ``mtn_clf`` / ``mtn_only`` (trained and read with
   ``fusion="classifier_only"`` / ``"mtn_only"``); each trained ``mtn`` is also read out through its
   classifier alone and its transformer alone (``.clf_readout`` / ``.mtn_readout``, same weights);
-- ``ranpac`` vs ``mtn_ranpac`` (the MTN over the analytic head), ``mtn_ranpac_only``;
+- ``ranpac`` vs ``mtn_ranpac`` (the MTN over the analytic head), ``mtn_ranpac_only``; the same for ``slda``
+  (each trained ``mtn_<head>`` is also read out through its head alone and its transformer alone);
 - design probes: ``mtn_k20`` (20 neighbours), ``mtn_10ep`` (run()'s 10 epochs).
 
 Writes ``<out>/isolation.json`` (per order and mean +- std over orders).
@@ -37,6 +40,8 @@ VARIANTS = {
     "mtn_only": ("mtn", {"epochs": 3, "fusion": "mtn_only"}),
     "mtn_ranpac": ("mtn_ranpac", {"epochs": 3}),
     "mtn_ranpac_only": ("mtn_ranpac", {"epochs": 3, "fusion": "mtn_only"}),
+    "slda": ("slda", {}),
+    "mtn_slda": ("mtn_slda", {"epochs": 3}),
     "mtn_k20": ("mtn", {"epochs": 3, "k": 20}),
     "mtn_10ep": ("mtn", {"epochs": 10}),
 }
@@ -49,7 +54,7 @@ def _acc(scores: np.ndarray, y: np.ndarray, seen: list[int]) -> float:
 
 
 def one_order(order: int, variants: list[str], cache_dir: str, root: str | None, dataset: str = "cifar10",
-              encoder_kw: dict | None = None, memory: int = 2000) -> dict:
+              encoder_kw: dict | None = None, memory: int = 2000, encoder: str = "patch_dictionary") -> dict:
     import torch
 
     from memret import ExemplarBank
@@ -60,9 +65,10 @@ def one_order(order: int, variants: list[str], cache_dir: str, root: str | None,
 
     data = load_dataset(dataset, root)
     ytr, yte = np.asarray(data.train.targets), np.asarray(data.test.targets)
-    f = feature_cache_file(data, "patch_dictionary", encoder_kw or {}, 5, order, order, cache_dir)
+    f = feature_cache_file(data, encoder, encoder_kw or {}, 5, order, order, cache_dir)
     if not f.is_file():
-        raise FileNotFoundError(f"{f}: run experiments/issue12_cifar10_table.py run --order {order} first")
+        raise FileNotFoundError(f"{f}: run experiments/issue12_cifar10_table.py run --order {order} --encoder "
+                                f"{encoder} first")
     F = np.load(f)["train"]
     stream = make_tasks(ytr, yte, 5, order)
     parts = []
@@ -85,8 +91,8 @@ def one_order(order: int, variants: list[str], cache_dir: str, root: str | None,
             with torch.no_grad():
                 res["clf_readout"] = _acc(m.clf(torch.from_numpy(Xv)).numpy(), yv, m.seen)
             res["mtn_readout"] = _acc(mtn_scores(m.mtn, m.bank, Xv, cfg.k, proj=m.proj), yv, m.seen)
-        if method == "mtn_ranpac":
-            res["ranpac_readout"] = _acc(m.head_method.scores(Xv), yv, m.seen)
+        if method in ("mtn_ranpac", "mtn_slda"):
+            res[f"{method[4:]}_readout"] = _acc(m.head_method.scores(Xv), yv, m.seen)
             res["mtn_readout"] = _acc(mtn_scores(m.mtn, m.bank, Xv, cfg.k, proj=m.proj), yv, m.seen)
             res["scale"] = float(m.scale.detach())
         out[name] = res
@@ -103,7 +109,8 @@ def main() -> None:
     ap.add_argument("--root", default=None)
     ap.add_argument("--out", default="runs/issue12")
     ap.add_argument("--dataset", default="cifar10", help="(smoke tests: digits)")
-    ap.add_argument("--encoder-kw", default="{}", help="patch_dictionary arguments of the cached run, as JSON")
+    ap.add_argument("--encoder", default="patch_dictionary", help="the cached run's encoder")
+    ap.add_argument("--encoder-kw", default="{}", help="its arguments, as JSON")
     ap.add_argument("--memory", type=int, default=2000)
     a = ap.parse_args()
     path = Path(a.out) / "isolation.json"
@@ -112,7 +119,8 @@ def main() -> None:
         done = allres["orders"].get(str(o), {})
         todo = [v for v in a.variants if v not in done]
         for v in todo:  # one variant at a time, saved as it ends
-            done.update(one_order(o, [v], a.cache_dir, a.root, a.dataset, json.loads(a.encoder_kw), a.memory))
+            done.update(one_order(o, [v], a.cache_dir, a.root, a.dataset, json.loads(a.encoder_kw), a.memory,
+                                  a.encoder))
             allres["orders"][str(o)] = done
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(allres, indent=2))

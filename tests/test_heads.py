@@ -65,6 +65,50 @@ def test_slda_class_means_and_covariance_are_exact_after_a_stream():
     np.testing.assert_allclose(head.covariance.numpy(), centred.T @ centred / len(y), rtol=1e-9, atol=1e-10)
 
 
+def test_slda_held_out_error_from_statistics_matches_the_samples():
+    X, y = _blobs(n_classes=5, dim=12, per_class=40, seed=6, spread=2.5)
+    holdout = np.arange(len(y)) % 3 == 0
+    head = SLDA(5, shrinkage="auto").fit_task(X, y, holdout=holdout)
+    s = 0.05
+    # the discriminant from the non-held-out samples only
+    Xf, yf = X[~holdout].astype(np.float64), y[~holdout]
+    mu = np.stack([Xf[yf == c].mean(0) for c in range(5)])
+    cov = sum(np.outer(x - mu[c], x - mu[c]) for x, c in zip(Xf, yf)) / len(yf)
+    P = np.linalg.solve((1 - s) * cov + s * np.eye(12), mu.T)
+    b = -0.5 * (mu.T * P).sum(0)
+    # margins of the true class over each rival on the held-out samples: Gaussian tail of their moments
+    from scipy.stats import norm
+
+    Xh, yh = X[holdout].astype(np.float64), y[holdout]
+    total = 0.0
+    for i in range(5):
+        for j in range(5):
+            if i != j:
+                w = P[:, i] - P[:, j]
+                mean = (Xh[yh == i] @ w + b[i] - b[j]).mean()
+                var = (((Xh - mu[yh]) @ w) ** 2).mean()   # pooled around the fitted means
+                total += norm.cdf(-mean / np.sqrt(var)) * (yh == i).sum()
+    assert head.held_out_error(s) == pytest.approx(total / len(yh), rel=1e-8)
+
+
+@pytest.mark.parametrize("order", [list(range(10)), [7, 2, 9, 0, 4, 1, 8, 3, 6, 5]])
+def test_slda_auto_after_a_stream_equals_the_joint_head_and_choice(order):
+    X, y = _blobs(dim=40, per_class=30, seed=8, spread=4.0)
+    holdout = np.random.default_rng(4).random(len(y)) < 0.25
+    head = SLDA(10, shrinkage="auto")
+    chosen = []
+    for rows, Xt, yt in _stream(X, y, order):
+        head.fit_task(Xt, yt, holdout=holdout[rows])
+        chosen.append(head.shrinkage)
+    joint = SLDA(10, shrinkage="auto").fit_task(X, y, holdout=holdout)
+    assert head.shrinkage == joint.shrinkage
+    np.testing.assert_allclose(head.weight.numpy(), joint.weight.numpy(), rtol=1e-5, atol=1e-6)
+    # the discriminant is solved on every sample, held-out ones included, with the chosen shrinkage
+    fixed = SLDA(10, shrinkage=joint.shrinkage).fit_task(X, y)
+    np.testing.assert_allclose(head.scores(X), fixed.scores(X), rtol=1e-4, atol=1e-4)
+    assert len(set(chosen)) > 1 or chosen[0] == joint.shrinkage   # re-chosen as the stream grows
+
+
 @pytest.mark.parametrize("make", [lambda: RanPAC(4, projection=128, seed=0), lambda: RanPAC(4, projection=0),
                                   lambda: SLDA(4, shrinkage=1e-2)])
 def test_analytic_heads_separate_separable_toy_data(make):
@@ -78,7 +122,7 @@ def test_analytic_heads_separate_separable_toy_data(make):
 
 def test_heads_round_trip_their_state_and_refuse_bad_input():
     X, y = _blobs(n_classes=4, per_class=20, dim=6)
-    for make in (lambda: RanPAC(4, projection=16), lambda: SLDA(4)):
+    for make in (lambda: RanPAC(4, projection=16), lambda: SLDA(4), lambda: SLDA(4, shrinkage="auto")):
         a = make().fit_task(X, y)
         b = make()
         b.load_state_dict(a.state_dict())

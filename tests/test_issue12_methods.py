@@ -68,6 +68,10 @@ def test_run_ranpac_head_is_the_joint_ridge_head_whatever_the_class_order(tmp_pa
                   out=tmp_path / f"o{order}", config=FAST, plot=False, cache_dir=tmp_path)
         assert res.class_order != [] and res.methods["ranpac"].summary["last_accuracy"] > 0.9
         assert res.methods["slda"].summary["last_accuracy"] > 0.9
+        # each task's choices reach results.json: the ridge and the shrinkage, re-chosen after every task
+        saved = json.loads((tmp_path / f"o{order}" / "results.json").read_text())["methods"]
+        assert [set(i) for i in saved["ranpac"]["task_info"]] == [{"ridge"}] * 2
+        assert all(i["shrinkage"] in FAST.slda_shrinkages for i in saved["slda"]["task_info"])
         state = torch.load(tmp_path / f"o{order}" / "ckpt" / "ranpac" / "method.pt", weights_only=True)
         heads.append(state["head"])
         # the bank filled as for every method (the table's memory column), though ranpac never reads it
@@ -109,23 +113,25 @@ def test_analytic_methods_fill_the_bank_but_never_read_it(name):
     assert m.scores(np.zeros((0, X.shape[1]), np.float32)).shape == (0, 6)
 
 
-def test_mtn_ranpac_fuses_scaled_ranpac_scores_with_the_mtn():
+@pytest.mark.parametrize("head", ["ranpac", "slda"])
+def test_mtn_over_an_analytic_head_fuses_its_scaled_scores_with_the_mtn(head):
     from memret.incremental.mtn import mtn_scores
 
     X, y = blobs(30, 6, seed=1)
     Xte, yte = blobs(10, 6, seed=2)
     bank = ExemplarBank(X.shape[1], total=30, seed=0)
-    m = make_method("mtn_ranpac", X.shape[1], 6, bank, FAST, seed=0)
-    alone = make_method("ranpac", X.shape[1], 6, ExemplarBank(X.shape[1], total=30, seed=0), FAST, seed=0)
+    m = make_method(f"mtn_{head}", X.shape[1], 6, bank, FAST, seed=0)
+    assert m.name == f"mtn_{head}"
+    alone = make_method(head, X.shape[1], 6, ExemplarBank(X.shape[1], total=30, seed=0), FAST, seed=0)
     for t in make_tasks(y, yte, 3):
         m.learn(t.index, X[t.train_rows], y[t.train_rows], t.train_rows)
         alone.learn(t.index, X[t.train_rows], y[t.train_rows], t.train_rows)
     assert len(bank) == 30                                               # the MTN's memory
     base = alone.scores(Xte)
-    np.testing.assert_allclose(m.head_method.scores(Xte), base, rtol=1e-6)   # the same head as ``ranpac``
+    np.testing.assert_allclose(m.head_method.scores(Xte), base, rtol=1e-6)   # the same head as ``ranpac`` / ``slda``
     mtn = mtn_scores(m.mtn, bank, Xte, FAST.k)
     scale = float(m.scale.detach())
-    assert scale != FAST.ranpac_scale                                    # the scale was learnt
+    assert scale != (FAST.ranpac_scale if head == "ranpac" else 1.0)     # the scale was learnt
     assert np.abs(mtn).max() > 1e-3
     np.testing.assert_allclose(m.scores(Xte), scale * base + mtn, rtol=1e-4, atol=1e-4)
     assert (m.scores(Xte).argmax(1) == yte).mean() > 0.9
@@ -186,7 +192,7 @@ def test_patch_dictionary_through_the_registry_is_fitted_on_the_first_task_only(
     assert res.methods["icarl"].summary["last_accuracy"] > 0.5   # chance: 0.25
 
 
-@pytest.mark.parametrize("name", ["mtn", "mtn_ranpac"])
+@pytest.mark.parametrize("name", ["mtn", "mtn_ranpac", "mtn_slda"])
 def test_wide_features_reach_the_transformer_through_a_fixed_projection(name):
     from dataclasses import replace
 

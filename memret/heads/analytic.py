@@ -13,7 +13,9 @@ they need no exemplars and forget nothing by construction:
 - :class:`SLDA` (Hayes & Kanan, CVPR-W 2020): class means and one shared covariance with
   shrinkage; scores ``x Lambda mu_c - mu_c Lambda mu_c / 2``. Means and the pooled within-class
   covariance are accumulated exactly (sums and the second moment) rather than by Hayes'
-  per-sample streaming approximation, so they too are order-invariant.
+  per-sample streaming approximation, so they too are order-invariant. ``shrinkage="auto"``
+  re-chooses the shrinkage after every task by the error expected on a held-out part of all the
+  data seen so far, read from held-out sums and second moment (no sample kept).
 
     head = RanPAC(n_classes=10)
     for X, y in tasks:            # X (N, D) float features, y (N,) int labels
@@ -219,51 +221,138 @@ class SLDA(_AnalyticHead):
     Args:
         n_classes: total number of classes of the stream.
         shrinkage: ``Sigma <- (1 - s) Sigma + s I`` before inversion (Hayes & Kanan: 1e-4); 1 gives the
-            nearest-class-mean classifier (Euclidean) and skips the covariance.
+            nearest-class-mean classifier (Euclidean) and skips the covariance. ``"auto"``: chosen after
+            every task among ``shrinkages`` on the held-out part of all the training data seen so far,
+            read through held-out statistics (:meth:`held_out_error`), so no sample is kept.
+        shrinkages: the grid searched by ``"auto"``.
+        holdout: fraction of each task's samples held out for choosing ``shrinkage`` (the discriminant
+            is then solved on all samples, held-out ones included).
+        seed: seeds the default held-out draw.
         chunk: rows per matrix product.
     """
 
-    def __init__(self, n_classes: int, shrinkage: float = 1e-4, chunk: int = 4096) -> None:
+    def __init__(self, n_classes: int, shrinkage: float | str = 1e-4,
+                 shrinkages: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3),
+                 holdout: float = 0.2, seed: int = 0, chunk: int = 4096) -> None:
         super().__init__(n_classes, chunk)
-        if not 0 <= shrinkage <= 1:
-            raise ValueError(f"shrinkage must lie in [0, 1], got {shrinkage}")
-        self.shrinkage = float(shrinkage)
-        self.sums: torch.Tensor | None = None    # (C, D) float64 class sums
-        self.counts = torch.zeros(n_classes, dtype=torch.float64)
-        self.second: torch.Tensor | None = None  # (D, D) float64 sum of x x^T
+        self.auto = shrinkage == "auto"
+        if not self.auto and not (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
+            raise ValueError(f"shrinkage must lie in [0, 1] or be 'auto', got {shrinkage!r}")
+        if self.auto and (not shrinkages or not all(0 < s < 1 for s in shrinkages)):
+            raise ValueError(f"shrinkages must lie in (0, 1), got {shrinkages!r}")
+        if not 0 < holdout < 1:
+            raise ValueError(f"holdout must lie in (0, 1), got {holdout}")
+        self.shrinkages, self.holdout, self.seed = tuple(float(s) for s in shrinkages), float(holdout), int(seed)
+        self.shrinkage = float(min(self.shrinkages)) if self.auto else float(shrinkage)
+        self.sums: torch.Tensor | None = None    # (C, D) float64 class sums  } of the samples fitted on
+        self.counts = torch.zeros(n_classes, dtype=torch.float64)  #          } (all of them unless "auto")
+        self.second: torch.Tensor | None = None  # (D, D) float64 sum of x x^T }
+        self.sums_h = self.second_h = None       # the same three of the held-out samples ("auto" only)
+        self.counts_h = torch.zeros(n_classes, dtype=torch.float64)
         self.weight: torch.Tensor | None = None  # (D, C) float32 Lambda mu
         self.bias: torch.Tensor | None = None    # (C,) float32 -mu Lambda mu / 2
+        self.tasks = 0
+
+    def _totals(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.sums is None:
+            raise RuntimeError("SLDA has seen no data: call fit_task first")
+        if self.sums_h is None:
+            return self.sums, self.counts, self.second
+        return self.sums + self.sums_h, self.counts + self.counts_h, self.second + self.second_h
+
+    @staticmethod
+    def _moments(sums, counts, second) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = sums / counts.clamp(min=1).unsqueeze(1)
+        return mu, (second - (mu.T * counts) @ mu) / counts.sum().clamp(min=1)
 
     @property
     def means(self) -> torch.Tensor:
-        """(C, D) float64 class means (zeros for classes not seen)."""
-        if self.sums is None:
-            raise RuntimeError("SLDA has seen no data: call fit_task first")
-        return self.sums / self.counts.clamp(min=1).unsqueeze(1)
+        """(C, D) float64 class means over every sample seen (zeros for classes not seen)."""
+        sums, counts, _ = self._totals()
+        return sums / counts.clamp(min=1).unsqueeze(1)
 
     @property
     def covariance(self) -> torch.Tensor:
         """(D, D) float64 pooled within-class covariance, ``(sum x x^T - sum_c n_c mu_c mu_c^T) / N``."""
-        mu = self.means
-        scatter = self.second - (mu.T * self.counts) @ mu
-        return scatter / self.counts.sum()
+        return self._moments(*self._totals())[1]
 
-    def fit_task(self, features, labels) -> "SLDA":
-        """Add one task's (N, D) features and (N,) labels, then re-solve the discriminant."""
+    def fit_task(self, features, labels, holdout: np.ndarray | None = None) -> "SLDA":
+        """Add one task's (N, D) features and (N,) labels, then re-solve the discriminant.
+
+        Args:
+            holdout: with ``shrinkage="auto"``, an optional (N,) bool mask of the samples held out for
+                choosing it; by default a seeded random ``holdout`` fraction of the task. Pass a mask that
+                depends on the samples only (e.g. on dataset rows) to make the choice order-invariant.
+                Ignored with a fixed shrinkage.
+        """
         X, y = self._check(features, labels)
         if self.sums is None:
             self.dim = X.shape[1]
             self.sums = torch.zeros(self.n_classes, self.dim, dtype=torch.float64)
             self.second = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+            if self.auto:
+                self.sums_h, self.second_h = torch.zeros_like(self.sums), torch.zeros_like(self.second)
+        h = torch.zeros(len(X), dtype=torch.bool)
+        if self.auto:
+            if holdout is None:
+                holdout = np.random.default_rng([self.seed, self.tasks, 2]).random(len(X)) < self.holdout
+            h = torch.as_tensor(np.asarray(holdout, dtype=bool))
+            if h.shape != (len(X),):
+                raise ValueError(f"holdout must be ({len(X)},) bool, got {tuple(h.shape)}")
         for s in range(0, len(X), self.chunk):
-            x, c = X[s:s + self.chunk].double(), y[s:s + self.chunk]
-            self.sums.index_add_(0, c, x)
-            self.counts += torch.bincount(c, minlength=self.n_classes).double()
-            if self.shrinkage < 1:  # shrinkage 1 is nearest class mean: the covariance is not needed
-                self.second += x.T @ x
+            x, c, hs = X[s:s + self.chunk].double(), y[s:s + self.chunk], h[s:s + self.chunk]
+            for part, sums, counts, second in ((~hs, self.sums, self.counts, self.second),
+                                               (hs, self.sums_h, self.counts_h, self.second_h)):
+                if not bool(part.any()):
+                    continue
+                xp, cp = x[part], c[part]
+                sums.index_add_(0, cp, xp)
+                counts += torch.bincount(cp, minlength=self.n_classes).double()
+                if self.shrinkage < 1:  # shrinkage 1 is nearest class mean: the covariance is not needed
+                    second += xp.T @ xp
         self.seen[y.unique()] = True
+        self.tasks += 1
+        if self.auto:
+            self.shrinkage = self.choose_shrinkage()
         self._solve()
         return self
+
+    def held_out_error(self, shrinkage: float) -> float:
+        """Expected held-out error of the discriminant fitted (non-held-out statistics) with ``shrinkage``.
+
+        Read from the held-out statistics alone: for held-out class ``i`` and rival ``j`` the score margin
+        ``f_i(x) - f_j(x)`` has mean ``(w_i - w_j) m_i + b_i - b_j`` (``m_i`` the held-out class mean) and
+        variance ``(w_i - w_j)^T A (w_i - w_j)`` (``A`` the held-out scatter around the fitted means, per
+        sample); each pair contributes the Gaussian tail ``Phi(-mean / std)``, summed over rivals (a union
+        bound on the error) and averaged over held-out samples.
+        """
+        seen = self.seen & (self.counts > 0)
+        mu, cov = self._moments(self.sums, self.counts, self.second)
+        S = (1 - shrinkage) * cov
+        S.diagonal().add_(shrinkage)
+        L, info = torch.linalg.cholesky_ex(S)
+        P = torch.cholesky_solve(mu[seen].T.contiguous(), L) if int(info) == 0 else torch.linalg.solve(S, mu[seen].T)
+        b = -0.5 * (mu[seen].T * P).sum(0)
+        n_h = self.counts_h[seen]
+        m = float(n_h.sum())
+        mh = self.sums_h[seen] / n_h.clamp(min=1).unsqueeze(1)
+        # held-out scatter around the fitted means, A = sum (x - mu_y)(x - mu_y)^T, applied to P only
+        AP = (self.second_h @ P - self.sums_h[seen].T @ (mu[seen] @ P) - mu[seen].T @ (self.sums_h[seen] @ P)
+              + (mu[seen].T * n_h) @ (mu[seen] @ P)) / m
+        V = P.T @ AP                                              # (k, k) w_i^T A w_j
+        F = mh @ P + b                                            # (k, k) mean score of class j on held class i
+        mean = F.diagonal().unsqueeze(1) - F                      # margin of the true class i over rival j
+        var = (V.diagonal().unsqueeze(1) + V.diagonal().unsqueeze(0) - 2 * V).clamp(min=1e-300)
+        tail = torch.special.ndtr(-mean / var.sqrt())
+        tail.fill_diagonal_(0)
+        return float((tail.sum(1) * n_h).sum() / m)
+
+    def choose_shrinkage(self) -> float:
+        """The shrinkage in ``shrinkages`` with the least :meth:`held_out_error` (the first of ties)."""
+        if float(self.counts_h.sum()) == 0 or float(self.counts.sum()) == 0:  # nothing held out (tiny task)
+            return self.shrinkages[len(self.shrinkages) // 2]
+        errs = [self.held_out_error(s) for s in self.shrinkages]
+        return self.shrinkages[int(np.argmin(errs))]
 
     def set_shrinkage(self, shrinkage: float) -> "SLDA":
         """Re-solve the discriminant with another shrinkage in (0, 1] (the statistics are kept)."""
@@ -275,12 +364,12 @@ class SLDA(_AnalyticHead):
         return self
 
     def _solve(self) -> None:
+        mu, cov = self._moments(*self._totals())
         if self.shrinkage == 1:
             S = torch.eye(self.dim, dtype=torch.float64)
         else:
-            S = (1 - self.shrinkage) * self.covariance
+            S = (1 - self.shrinkage) * cov
             S.diagonal().add_(self.shrinkage)
-        mu = self.means
         P = torch.linalg.solve(S, mu.T)  # (D, C) = Lambda mu
         self.weight = P.float()
         self.bias = (-0.5 * (mu.T * P).sum(0)).float()
@@ -293,12 +382,18 @@ class SLDA(_AnalyticHead):
         out = [X[s:s + self.chunk] @ self.weight + self.bias for s in range(0, len(X), self.chunk)]
         return (torch.cat(out) if out else X.new_zeros(0, self.n_classes)).numpy()
 
+    _STATE = ("sums", "counts", "second", "sums_h", "counts_h", "second_h", "weight", "bias", "seen")
+
     def state_dict(self) -> dict:
-        return {"sums": self.sums, "counts": self.counts, "second": self.second, "weight": self.weight,
-                "bias": self.bias, "seen": self.seen, "dim": torch.tensor(self.dim if self.dim is not None else -1)}
+        return {k: getattr(self, k) for k in self._STATE} | {
+            "shrinkage": torch.tensor(self.shrinkage), "tasks": torch.tensor(self.tasks),
+            "dim": torch.tensor(self.dim if self.dim is not None else -1)}
 
     def load_state_dict(self, state: dict) -> None:
-        for k in ("sums", "counts", "second", "weight", "bias", "seen"):
-            setattr(self, k, state[k])
+        for k in self._STATE:
+            if k in state or k not in ("sums_h", "counts_h", "second_h"):  # states saved before "auto" lack them
+                setattr(self, k, state[k])
+        self.shrinkage = float(state.get("shrinkage", self.shrinkage))
+        self.tasks = int(state.get("tasks", 0))
         dim = int(state["dim"])
         self.dim = None if dim < 0 else dim

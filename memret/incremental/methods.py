@@ -18,14 +18,15 @@ caller. State lives in the method object; training loops are plain functions
 | ranpac   | current task (statistics)     | RanPAC ridge head (:mod:`memret.heads`)          |
 | slda     | current task (statistics)     | streaming LDA head (:mod:`memret.heads`)         |
 | mtn_ranpac | current task + memory       | RanPAC scores (scaled) + MTN over k retrieved   |
+| mtn_slda | current task + memory         | SLDA scores (scaled) + MTN over k retrieved     |
 
 ``ranpac`` and ``slda`` learn from sufficient statistics (no exemplars, no forgetting by
 construction); the bank still fills, with the same budget and policy, so the table's
 memory column means the same for every method, but their predictions never read it.
-``mtn_ranpac`` is the MTN with the analytic head in place of the linear classifier:
-the RanPAC head learns as in ``ranpac`` and the transformer learns, on the current task
-plus the memory, a correction to ``scale * ranpac_scores`` (``scale`` learnt with it).
-Those three live in :mod:`memret.incremental.analytic`; :mod:`memret.incremental.catalog`
+``mtn_ranpac`` / ``mtn_slda`` are the MTN with the analytic head in place of the linear classifier:
+the head learns as in ``ranpac`` / ``slda`` and the transformer learns, on the current task
+plus the memory, a correction to ``scale * head_scores`` (``scale`` learnt with it).
+Those four live in :mod:`memret.incremental.analytic`; :mod:`memret.incremental.catalog`
 maps every name to its class (``METHODS``, ``make_method``).
 """
 

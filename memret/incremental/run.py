@@ -50,6 +50,7 @@ class MethodResult:
     seen_top5: list[float] | None
     task_seconds: list[float]
     summary: dict[str, float]
+    task_info: list[dict] = field(default_factory=list)  # what each task's learn() reported (loss, ridge, shrinkage)
 
 
 @dataclass
@@ -113,11 +114,11 @@ def run(
     Args:
         dataset: "cifar10", "cifar100", "imagenet1k", "digits", or a :class:`LabelledData`.
         tasks: number of tasks (equal classes per task).
-        method: one of ``finetune, joint, replay, icarl, knn, mtn, ranpac, slda, mtn_ranpac`` or a list of them
+        method: one of ``finetune, joint, replay, icarl, knn, mtn, ranpac, slda, mtn_ranpac, mtn_slda`` or a list
             (compared on one stream; the features are encoded once and shared). ``ranpac`` / ``slda`` are the
             analytic heads of :mod:`memret.heads` (no exemplars read; the bank still fills, for the table);
-            ``mtn_ranpac`` is the MTN over RanPAC: the MTN's fused prediction with the RanPAC head's scores
-            (scaled) in place of the linear classifier's (:mod:`memret.incremental.analytic`).
+            ``mtn_ranpac`` / ``mtn_slda`` are the MTN over RanPAC / SLDA: the MTN's fused prediction with the
+            head's scores (scaled) in place of the linear classifier's (:mod:`memret.incremental.analytic`).
         encoder: a ``memret.encoders`` name, or any module with ``embed_dim`` and ``forward -> (B, D)``;
             default (None): ``kmeans_patches`` for images under 64 pixels (CIFAR, digits: unchanged), and
             ``patch_dictionary`` at stride 4 for larger ones (ImageNet-1k at 224 pixels: ~25 images/s on one
@@ -238,7 +239,7 @@ def _run_method(name, stream, rep, ytr, yte, n_classes, memory, per_class, polic
                         seed=seed)
     m = make_method(name, rep.dim, n_classes, bank, cfg, seed)
     R = np.full((T, T), np.nan)
-    seen_acc, seen_top5, secs = [], [], []
+    seen_acc, seen_top5, secs, info = [], [], [], []
     start = 0
     progress = ckpt / "progress.json"
     if resume and progress.is_file():
@@ -247,6 +248,7 @@ def _run_method(name, stream, rep, ytr, yte, n_classes, memory, per_class, polic
             start = p["done"] + 1
             R = np.asarray(p["R"], dtype=float)
             seen_acc, seen_top5, secs = p["seen_acc"], p["seen_top5"], p["secs"]
+            info = p.get("info", [{}] * len(secs))
             m.load_state_dict(torch.load(ckpt / "method.pt", weights_only=True))
             m.bank = bank = ExemplarBank.load(ckpt / "bank")
             if rep.trains:
@@ -257,9 +259,10 @@ def _run_method(name, stream, rep, ytr, yte, n_classes, memory, per_class, polic
         seen_rows = np.concatenate([stream[j].train_rows for j in range(t + 1)])
         rep.fit(m, task, seen_rows, ytr)          # trains the encoder (no-op when frozen)
         rep.refresh(m.bank)                       # exemplars re-encoded by the updated encoder
-        m.learn(t, rep.train_features(task.train_rows), ytr[task.train_rows], task.train_rows,
-                fit=not rep.trains)
+        out = m.learn(t, rep.train_features(task.train_rows), ytr[task.train_rows], task.train_rows,
+                      fit=not rep.trains) or {}
         secs.append(time.perf_counter() - t0)
+        info.append({k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.floating, np.integer))})
         test_rows = np.concatenate([stream[j].test_rows for j in range(t + 1)])
         top1, top5 = _evaluate(m.scores(rep.test_features(test_rows)), yte[test_rows], m.seen, n_classes)
         owner = np.concatenate([np.full(len(stream[j].test_rows), j) for j in range(t + 1)])
@@ -277,12 +280,12 @@ def _run_method(name, stream, rep, ytr, yte, n_classes, memory, per_class, polic
         m.bank.save(ckpt / "bank")
         atomic_write(progress, lambda f: f.write(json.dumps(
             {"run_id": run_id, "done": t, "R": np.nan_to_num(R, nan=-1).tolist(), "seen_acc": seen_acc,
-             "seen_top5": seen_top5, "secs": secs}).encode()))
+             "seen_top5": seen_top5, "secs": secs, "info": info}).encode()))
     R = np.where(R < 0, np.nan, R)
     summary = summarize(R)
     summary["top5_last"] = seen_top5[-1]
     return MethodResult(np.where(np.isnan(R), None, R).tolist(), seen_acc,
-                        seen_top5 if n_classes > 10 else None, secs, summary)
+                        seen_top5 if n_classes > 10 else None, secs, summary, info)
 
 
 def plot_accuracy(result: RunResult, path: Path) -> None:

@@ -38,7 +38,8 @@ class TrainConfig:
     # ---- analytic heads (ranpac, slda, mtn_ranpac)
     ranpac_projection: int = 4096   # RanPAC's random projection width M (0: ridge on the features)
     ranpac_scale: float = 10.0      # mtn_ranpac: initial scale of the ridge scores in the fused logits
-    slda_shrinkages: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 0.5)  # chosen on task 1's held-out rows
+    # SLDA's shrinkage grid, re-chosen after every task on held-out statistics of all tasks seen so far
+    slda_shrinkages: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.3)
     # ---- the encoder, when run(train_encoder=True) trains it (from scratch, or fine-tuning a checkpoint)
     encoder_epochs: int | None = None   # default: ``epochs``
     encoder_lr: float = 0.05            # SGD with momentum, cosine within a task (Avalanche/PyCIL CIFAR recipe)
