@@ -103,7 +103,12 @@ class PatchDictionaryEncoder(nn.Module):
             raise ValueError(f"{self.n_patches} dictionary patches asked of {n} images with {L} positions each")
         flat = torch.randperm(n * L, generator=g)[:self.n_patches]  # distinct patches: no duplicate atoms
         img, pos = flat // L, flat % L
-        atoms = torch.stack([self._patches(images[int(i):int(i) + 1])[0, int(j)] for i, j in zip(img, pos)])
+        # one unfold per image drawn from, copies out of it: a view per atom would keep every image's whole
+        # (L, P) patch tensor alive (1,024 x 20 MB at 224 px, stride 1)
+        atoms = torch.empty(self.n_patches, self._patches(images[:1]).shape[2])
+        for i in img.unique():
+            sel = img == i
+            atoms[sel] = self._patches(images[int(i):int(i) + 1])[0, pos[sel]]
         w = (atoms.double() @ self.whiten.double())
         self.atoms.copy_(w.float())
         b = 0.5 * (w ** 2).sum(1)

@@ -121,8 +121,8 @@ def run(
             head's scores (scaled) in place of the linear classifier's (:mod:`memret.incremental.analytic`).
         encoder: a ``memret.encoders`` name, or any module with ``embed_dim`` and ``forward -> (B, D)``;
             default (None): ``kmeans_patches`` for images under 64 pixels (CIFAR, digits: unchanged), and
-            ``patch_dictionary`` at stride 4 for larger ones (ImageNet-1k at 224 pixels: ~25 images/s on one
-            core, 12x the 400-centroid k-means encoder's rate; stride 2 would be 7x dearer);
+            ``patch_dictionary`` at stride 4 for larger ones (ImageNet-1k at 224 pixels: ~10-12 images/s on one
+            core, ~4x the 400-centroid k-means encoder's rate; stride 2 would be 4x dearer);
             frozen unless ``train_encoder``.
         memory: total exemplar budget (the quota per class shrinks as classes arrive), or
         per_class: a fixed number per class (iCaRL protocol: 20). ``imagenet1k`` defaults to 20 per class.
