@@ -59,6 +59,16 @@ class _AnalyticHead:
             raise ValueError(f"labels must lie in [0, {self.n_classes}), got [{int(y.min())}, {int(y.max())}]")
         return X, y
 
+    def _holdout_mask(self, n: int, holdout: np.ndarray | None, stream: int) -> torch.Tensor:
+        """(n,) bool: ``holdout`` checked, or by default a seeded random ``self.holdout`` fraction of the task
+        (``stream`` keeps the heads' default draws apart)."""
+        if holdout is None:
+            holdout = np.random.default_rng([self.seed, self.tasks, stream]).random(n) < self.holdout
+        mask = torch.as_tensor(np.asarray(holdout, dtype=bool))
+        if mask.shape != (n,):
+            raise ValueError(f"holdout must be ({n},) bool, got {tuple(mask.shape)}")
+        return mask
+
     def scores(self, features) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -135,12 +145,7 @@ class RanPAC(_AnalyticHead):
         X, y = self._check(features, labels)
         if self.dim is None:
             self._init(X.shape[1])
-        if holdout is None:
-            g = np.random.default_rng([self.seed, self.tasks, 1])
-            holdout = g.random(len(X)) < self.holdout
-        holdout = torch.as_tensor(np.asarray(holdout, dtype=bool))
-        if holdout.shape != (len(X),):
-            raise ValueError(f"holdout must be ({len(X)},) bool, got {tuple(holdout.shape)}")
+        holdout = self._holdout_mask(len(X), holdout, stream=1)
         for s in range(0, len(X), self.chunk):
             H = self.project(X[s:s + self.chunk]).double()
             Y = torch.nn.functional.one_hot(y[s:s + self.chunk], self.n_classes).double()
@@ -292,13 +297,7 @@ class SLDA(_AnalyticHead):
             self.second = torch.zeros(self.dim, self.dim, dtype=torch.float64)
             if self.auto:
                 self.sums_h, self.second_h = torch.zeros_like(self.sums), torch.zeros_like(self.second)
-        h = torch.zeros(len(X), dtype=torch.bool)
-        if self.auto:
-            if holdout is None:
-                holdout = np.random.default_rng([self.seed, self.tasks, 2]).random(len(X)) < self.holdout
-            h = torch.as_tensor(np.asarray(holdout, dtype=bool))
-            if h.shape != (len(X),):
-                raise ValueError(f"holdout must be ({len(X)},) bool, got {tuple(h.shape)}")
+        h = self._holdout_mask(len(X), holdout, stream=2) if self.auto else torch.zeros(len(X), dtype=torch.bool)
         for s in range(0, len(X), self.chunk):
             x, c, hs = X[s:s + self.chunk].double(), y[s:s + self.chunk], h[s:s + self.chunk]
             for part, sums, counts, second in ((~hs, self.sums, self.counts, self.second),
@@ -317,17 +316,18 @@ class SLDA(_AnalyticHead):
         self._solve()
         return self
 
-    def held_out_error(self, shrinkage: float) -> float:
+    def held_out_error(self, shrinkage: float, fitted: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
         """Expected held-out error of the discriminant fitted (non-held-out statistics) with ``shrinkage``.
 
         Read from the held-out statistics alone: for held-out class ``i`` and rival ``j`` the score margin
         ``f_i(x) - f_j(x)`` has mean ``(w_i - w_j) m_i + b_i - b_j`` (``m_i`` the held-out class mean) and
         variance ``(w_i - w_j)^T A (w_i - w_j)`` (``A`` the held-out scatter around the fitted means, per
         sample); each pair contributes the Gaussian tail ``Phi(-mean / std)``, summed over rivals (a union
-        bound on the error) and averaged over held-out samples.
+        bound on the error) and averaged over held-out samples. ``fitted``: the non-held-out statistics'
+        ``(means, covariance)`` when the caller has them (:meth:`choose_shrinkage` reads one grid with them).
         """
         seen = self.seen & (self.counts > 0)
-        mu, cov = self._moments(self.sums, self.counts, self.second)
+        mu, cov = fitted or self._moments(self.sums, self.counts, self.second)
         S = (1 - shrinkage) * cov
         S.diagonal().add_(shrinkage)
         L, info = torch.linalg.cholesky_ex(S)
@@ -351,7 +351,8 @@ class SLDA(_AnalyticHead):
         """The shrinkage in ``shrinkages`` with the least :meth:`held_out_error` (the first of ties)."""
         if float(self.counts_h.sum()) == 0 or float(self.counts.sum()) == 0:  # nothing held out (tiny task)
             return self.shrinkages[len(self.shrinkages) // 2]
-        errs = [self.held_out_error(s) for s in self.shrinkages]
+        fitted = self._moments(self.sums, self.counts, self.second)
+        errs = [self.held_out_error(s, fitted) for s in self.shrinkages]
         return self.shrinkages[int(np.argmin(errs))]
 
     def set_shrinkage(self, shrinkage: float) -> "SLDA":
