@@ -30,8 +30,12 @@ def main() -> None:
     ap.add_argument("--encoder-kw", default="{}", help="encoder constructor arguments as JSON")
     ap.add_argument("--order", type=int, default=1993, help="class order (its first task fits the encoder)")
     ap.add_argument("--tasks", type=int, default=5)
-    ap.add_argument("--projection", type=int, nargs="+", default=[0], help="RanPAC widths M (0: plain ridge)")
+    ap.add_argument("--projection", type=int, nargs="*", default=[0], help="RanPAC widths M (0: plain ridge)")
     ap.add_argument("--slda", action="store_true", help="also the SLDA head (shrinkage chosen on held-out rows)")
+    ap.add_argument("--slda-projection", type=int, nargs="+", default=[0],
+                    help="SLDA over RanPAC's random projection + ReLU of width M (0: on the features)")
+    ap.add_argument("--flip", action="store_true", help="also the heads with the mirrored images' features: "
+                    "added to the statistics, and scores averaged over both views (the -hflip cache; encoded if absent)")
     ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the training rows scored")
     ap.add_argument("--root", default=None)
     ap.add_argument("--cache-dir", default="indices")
@@ -59,6 +63,15 @@ def main() -> None:
         Xte = extract_features(enc, data.test, desc="test features")
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(cache, lambda f: np.savez(f, train=X, test=Xte))
+    Xm = None
+    if args.flip:
+        flip_cache = cache.with_name(cache.stem + "-hflip.npz")
+        if not flip_cache.is_file():
+            stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
+            enc, _ = build_encoder(args.encoder, data, stream[0], kw, args.order)
+            Fm, Fmte = (extract_features(enc, d, flip=True, desc="mirrored features") for d in (data.train, data.test))
+            atomic_write(flip_cache, lambda f: np.savez(f, train=Fm, test=Fmte))
+        Xm = np.load(flip_cache)["train"]
     rows = np.arange(len(ytr))
     val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (a different hash from run()'s)
     inner = holdout_rows(rows[~val], args.order)              # the heads' own choice, as in run()
@@ -73,18 +86,42 @@ def main() -> None:
         res["heads"][name] = {"validation_accuracy": acc, "ridge": head.lam, "seconds": time.perf_counter() - t0}
         print(f"{name:<28} validation {100 * acc:.2f}  ridge {head.lam:.3g}  {time.perf_counter() - t0:.0f}s",
               flush=True)
-    if args.slda:
-        t0 = time.perf_counter()
-        head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(Xf, yf, holdout=inner)
-        shrinkage = head.shrinkage  # chosen from held-out statistics, as in run() (run()'s grid)
-        acc = float((head.predict(Xv) == yv).mean())
-        res["heads"]["slda"] = {"validation_accuracy": acc, "shrinkage": shrinkage,
-                                "seconds": time.perf_counter() - t0}
-        print(f"{'slda':<28} validation {100 * acc:.2f}  shrinkage {shrinkage:g}  {time.perf_counter() - t0:.0f}s",
-              flush=True)
+    for M in args.slda_projection if args.slda else []:
+        proj = RanPAC(10, projection=M, seed=args.order)
+        proj._init(X.shape[1])
+        views = [X] if Xm is None else [X, Xm]
+        # scaled by 1/sqrt(D): unit-order variances, so the shrinkage grid means what it means on the features
+        P = [proj.project(v).numpy() / np.sqrt(X.shape[1]) for v in views] if M else views
+        for flip in [False] + ([True] if Xm is not None else []):
+            t0 = time.perf_counter()
+            k = 2 if flip else 1
+            head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(
+                np.concatenate([p[~val] for p in P[:k]]), np.tile(yf, k), holdout=np.tile(inner, k))
+            shrinkage = head.shrinkage  # chosen from held-out statistics, as in run() (run()'s grid)
+            name = "slda" + (f" (projection M={M})" if M else "") + (" + mirrored" if flip else "")
+            acc = float((head.predict(P[0][val]) == yv).mean())
+            res["heads"][name] = {"validation_accuracy": acc, "shrinkage": shrinkage,
+                                  "seconds": time.perf_counter() - t0}
+            print(f"{name:<28} validation {100 * acc:.2f}  shrinkage {shrinkage:g}  {time.perf_counter() - t0:.0f}s",
+                  flush=True)
+            if Xm is not None and not flip:  # the mean of both views as the feature, fitted and scored
+                t0 = time.perf_counter()
+                A = (P[0] + P[1]) / 2
+                head_m = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(
+                    A[~val], yf, holdout=inner)
+                accm = float((head_m.predict(A[val]) == yv).mean())
+                res["heads"][name + " on the views' mean"] = {"validation_accuracy": accm,
+                                                              "shrinkage": head_m.shrinkage}
+                print(f"{name + ' on the views mean':<28} validation {100 * accm:.2f}  shrinkage "
+                      f"{head_m.shrinkage:g}  {time.perf_counter() - t0:.0f}s", flush=True)
+            if Xm is not None:  # test-time: the mean of both views' scores
+                acc2 = float((np.argmax(head.scores(P[0][val]) + head.scores(P[1][val]), 1) == yv).mean())
+                res["heads"][name + ", both views scored"] = {"validation_accuracy": acc2, "shrinkage": shrinkage}
+                print(f"{name + ', both views scored':<28} validation {100 * acc2:.2f}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / f"ceiling-{args.encoder}-{args.order}.json", lambda f: f.write(json.dumps(res, indent=2).encode()))
+    tag = "-flip" if args.flip else ""
+    atomic_write(out / f"ceiling-{args.encoder}-{args.order}{tag}.json", lambda f: f.write(json.dumps(res, indent=2).encode()))
 
 
 if __name__ == "__main__":

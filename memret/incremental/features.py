@@ -27,8 +27,10 @@ def batches(data, rows: np.ndarray, batch: int):
 
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: str = "cpu",
-                     desc: str = "features", rows: np.ndarray | None = None) -> np.ndarray:
+                     desc: str = "features", rows: np.ndarray | None = None, flip: bool = False) -> np.ndarray:
     """(N, D) float32 features of every sample of ``data`` (or of ``rows``, in that order), with a progress bar.
+
+    ``flip``: encode each image's horizontal mirror instead (the second view of ``TrainConfig.flip_views``).
 
     Under an initialised ``torch.distributed`` group each rank encodes every
     world_size-th sample and the parts are all-gathered, so all ranks return all rows.
@@ -42,7 +44,7 @@ def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: s
         world, rank = dist.get_world_size(), dist.get_rank()
     mine = rows[rank::world]
     encoder.eval().to(device)
-    parts = [encoder(x.to(device)).float().cpu().numpy()
+    parts = [encoder((x.flip(-1) if flip else x).to(device)).float().cpu().numpy()
              for x in tqdm(batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
                            disable=rank != 0 or len(mine) < 4 * batch, leave=False)]
     out_mine = np.concatenate(parts) if parts else np.empty((0, encoder.embed_dim), np.float32)

@@ -172,27 +172,37 @@ def run(
     if main:
         out.mkdir(parents=True, exist_ok=True)
     feat_file = feature_cache_file(data, enc_name, encoder_kw, tasks, seed, init_seed, cache_dir, fingerprint)
+    mirror_file = feat_file.with_name(feat_file.stem + "-hflip.npz")  # the mirrored images' features
+    if train_encoder and cfg.mirror_views:
+        raise ValueError("mirror_views is for frozen encoders; a trained encoder sees mirrors through cfg.augment")
     if train_encoder:
         enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
 
         def representation():
             return TrainedEncoder(enc, data, data.n_classes, cfg, init_seed, device)
     else:
-        if feat_file.is_file() and isinstance(encoder, str):
-            cached = np.load(feat_file, allow_pickle=False)
-            Ftr, Fte = cached["train"], cached["test"]
-        else:
-            enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
+        enc = None
+        views = [(feat_file, False)] + ([(mirror_file, True)] if cfg.mirror_views else [])
+        arrays = []
+        for file, flip in views:
+            if file.is_file() and isinstance(encoder, str):
+                cached = np.load(file, allow_pickle=False)
+                arrays.append((cached["train"], cached["test"]))
+                continue
+            if enc is None:
+                enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
             t0 = time.perf_counter()
-            Ftr = extract_features(enc, data.train, device=device, desc="train features")
-            Fte = extract_features(enc, data.test, device=device, desc="test features")
-            log.info("encoded %d images in %.1fs", len(Ftr) + len(Fte), time.perf_counter() - t0)
+            which = "mirrored " if flip else ""
+            F = (extract_features(enc, data.train, device=device, desc=f"{which}train features", flip=flip),
+                 extract_features(enc, data.test, device=device, desc=f"{which}test features", flip=flip))
+            log.info("encoded %d %simages in %.1fs", len(F[0]) + len(F[1]), which, time.perf_counter() - t0)
             if main:
-                feat_file.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(feat_file, lambda f: np.savez(f, train=Ftr, test=Fte))
+                file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(file, lambda f: np.savez(f, train=F[0], test=F[1]))
+            arrays.append(F)
 
         def representation():
-            return FrozenFeatures(Ftr, Fte)
+            return FrozenFeatures(*arrays[0], *(arrays[1] if len(arrays) > 1 else ()))
 
     budget = f"{per_class}/class" if per_class else f"{memory} total"
     result = RunResult(data.name, tasks, data.n_classes // tasks, budget,
@@ -259,12 +269,15 @@ def _run_method(name, stream, rep, ytr, yte, n_classes, memory, per_class, polic
         seen_rows = np.concatenate([stream[j].train_rows for j in range(t + 1)])
         rep.fit(m, task, seen_rows, ytr)          # trains the encoder (no-op when frozen)
         rep.refresh(m.bank)                       # exemplars re-encoded by the updated encoder
+        mirror = rep.mirror_features(task.train_rows, "train") if m.takes_mirror else None
         out = m.learn(t, rep.train_features(task.train_rows), ytr[task.train_rows], task.train_rows,
-                      fit=not rep.trains) or {}
+                      fit=not rep.trains, **({} if mirror is None else {"mirror": mirror})) or {}
         secs.append(time.perf_counter() - t0)
         info.append({k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.floating, np.integer))})
         test_rows = np.concatenate([stream[j].test_rows for j in range(t + 1)])
-        top1, top5 = _evaluate(m.scores(rep.test_features(test_rows)), yte[test_rows], m.seen, n_classes)
+        mirror = rep.mirror_features(test_rows, "test") if m.takes_mirror else None
+        scores = m.scores(rep.test_features(test_rows), **({} if mirror is None else {"mirror": mirror}))
+        top1, top5 = _evaluate(scores, yte[test_rows], m.seen, n_classes)
         owner = np.concatenate([np.full(len(stream[j].test_rows), j) for j in range(t + 1)])
         for j in range(t + 1):
             R[t, j] = float(top1[owner == j].mean())
