@@ -47,7 +47,6 @@ class AnalyticMethod(Method):
 
     uses_memory = False
     regime = "analytic"
-    takes_mirror = True
 
     def __init__(self, *a, kind: str, **kw) -> None:
         super().__init__(*a, **kw)
@@ -57,21 +56,13 @@ class AnalyticMethod(Method):
         else:
             self.model = SLDA(self.n_classes, shrinkage="auto", shrinkages=self.cfg.slda_shrinkages)
 
-    def learn(self, task, X, y, rows, fit=True, mirror=None):
-        """``mirror``: the same rows' mirrored images' features, added to the statistics as more samples of
-        their rows (held out with them)."""
+    def learn(self, task, X, y, rows, fit=True):
         if not fit:
             raise ValueError(f"{self.name} learns its head from frozen features: run(train_encoder=True) is not "
                              "supported for it")
         self._remember(X, y, rows, store=False)
         out: dict = {}
-        held = holdout_rows(rows, self.seed)
-        if mirror is None:
-            self.model.fit_task(X, y, holdout=held)
-        else:
-            if mirror.shape != X.shape:
-                raise ValueError(f"mirror features {mirror.shape} do not match the features {X.shape}")
-            self.model.fit_task(np.concatenate([X, mirror]), np.concatenate([y, y]), holdout=np.tile(held, 2))
+        self.model.fit_task(X, y, holdout=holdout_rows(rows, self.seed))
         if isinstance(self.model, RanPAC):
             out["ridge"] = self.model.lam
         else:
@@ -80,14 +71,10 @@ class AnalyticMethod(Method):
             self.bank.update(X, y, refs=rows)
         return out
 
-    def scores(self, X, mirror=None):
-        """The head's scores; with ``mirror``, the mean of both views' scores."""
+    def scores(self, X):
         if len(X) == 0:
             return np.zeros((0, self.n_classes), np.float32)
-        s = self.model.scores(X)
-        if mirror is not None:
-            s = (s + self.model.scores(mirror)) / 2
-        return s.astype(np.float32)
+        return self.model.scores(X).astype(np.float32)
 
     def state_dict(self):
         return {**super().state_dict(), "head": self.model.state_dict()}

@@ -175,10 +175,8 @@ class FrozenFeatures:
 
     trains = False
 
-    def __init__(self, train: np.ndarray, test: np.ndarray, train_mirror: np.ndarray | None = None,
-                 test_mirror: np.ndarray | None = None) -> None:
+    def __init__(self, train: np.ndarray, test: np.ndarray) -> None:
         self.train, self.test = train, test
-        self.train_mirror, self.test_mirror = train_mirror, test_mirror  # the mirrored images' features, if any
         self.dim = train.shape[1]
 
     def fit(self, method: Method, task, seen_rows: np.ndarray, ytr: np.ndarray) -> None:
@@ -189,11 +187,6 @@ class FrozenFeatures:
 
     def test_features(self, rows: np.ndarray) -> np.ndarray:
         return self.test[rows]
-
-    def mirror_features(self, rows: np.ndarray, split: str) -> np.ndarray | None:
-        """The mirrored images' features of ``rows`` of ``split`` ("train" / "test"), or None without them."""
-        m = self.train_mirror if split == "train" else self.test_mirror
-        return None if m is None else m[rows]
 
     def refresh(self, bank) -> None:
         pass
@@ -250,9 +243,6 @@ class TrainedEncoder:
 
     def test_features(self, rows: np.ndarray) -> np.ndarray:
         return self._encode(self.data.test, rows)
-
-    def mirror_features(self, rows: np.ndarray, split: str) -> None:
-        return None  # a trained encoder sees mirrors through ``cfg.augment`` instead
 
     def refresh(self, bank) -> None:
         """Re-encode the stored exemplars with the current encoder."""

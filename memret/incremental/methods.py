@@ -54,8 +54,6 @@ class Method:
     # what a trained encoder learns from under this method: "finetune" (current task), "joint" (all seen),
     # "replay" (current task + memory batches) or "icarl" (replay + distillation from the previous model)
     regime = "replay"
-    # whether learn() / scores() take ``mirror=``, the mirrored images' features (``TrainConfig.mirror_views``)
-    takes_mirror = False
 
     def __init__(self, feat_dim: int, n_classes: int, bank: ExemplarBank, cfg: TrainConfig, seed: int) -> None:
         self.feat_dim, self.n_classes, self.bank, self.cfg, self.seed = feat_dim, n_classes, bank, cfg, seed

@@ -201,8 +201,12 @@ def run(
                 atomic_write(file, lambda f: np.savez(f, train=F[0], test=F[1]))
             arrays.append(F)
 
+        if len(arrays) > 1:  # mirror_views: each image's feature is the mean of its two views' (flip-invariant)
+            arrays = [tuple((a + b) / 2 for a, b in zip(*arrays))]
+        Ftr, Fte = arrays[0]
+
         def representation():
-            return FrozenFeatures(*arrays[0], *(arrays[1] if len(arrays) > 1 else ()))
+            return FrozenFeatures(Ftr, Fte)
 
     budget = f"{per_class}/class" if per_class else f"{memory} total"
     result = RunResult(data.name, tasks, data.n_classes // tasks, budget,
@@ -269,15 +273,12 @@ def _run_method(name, stream, rep, ytr, yte, n_classes, memory, per_class, polic
         seen_rows = np.concatenate([stream[j].train_rows for j in range(t + 1)])
         rep.fit(m, task, seen_rows, ytr)          # trains the encoder (no-op when frozen)
         rep.refresh(m.bank)                       # exemplars re-encoded by the updated encoder
-        mirror = rep.mirror_features(task.train_rows, "train") if m.takes_mirror else None
         out = m.learn(t, rep.train_features(task.train_rows), ytr[task.train_rows], task.train_rows,
-                      fit=not rep.trains, **({} if mirror is None else {"mirror": mirror})) or {}
+                      fit=not rep.trains) or {}
         secs.append(time.perf_counter() - t0)
         info.append({k: float(v) for k, v in out.items() if isinstance(v, (int, float, np.floating, np.integer))})
         test_rows = np.concatenate([stream[j].test_rows for j in range(t + 1)])
-        mirror = rep.mirror_features(test_rows, "test") if m.takes_mirror else None
-        scores = m.scores(rep.test_features(test_rows), **({} if mirror is None else {"mirror": mirror}))
-        top1, top5 = _evaluate(scores, yte[test_rows], m.seen, n_classes)
+        top1, top5 = _evaluate(m.scores(rep.test_features(test_rows)), yte[test_rows], m.seen, n_classes)
         owner = np.concatenate([np.full(len(stream[j].test_rows), j) for j in range(t + 1)])
         for j in range(t + 1):
             R[t, j] = float(top1[owner == j].mean())

@@ -40,8 +40,8 @@ class TrainConfig:
     ranpac_scale: float = 10.0      # mtn_ranpac: initial scale of the ridge scores in the fused logits
     # SLDA's shrinkage grid, re-chosen after every task on held-out statistics of all tasks seen so far
     slda_shrinkages: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.3)
-    # frozen encoders: also encode every image's horizontal mirror (twice the encoding); the analytic methods
-    # (ranpac, slda) add the mirrors' features to their statistics and score the mean of both views' scores
+    # frozen encoders: every image's feature is the mean of its own and its horizontal mirror's features, for
+    # every method (flip-invariant; twice the encoding; the mirrors' features are cached beside the others)
     mirror_views: bool = False
     # ---- the encoder, when run(train_encoder=True) trains it (from scratch, or fine-tuning a checkpoint)
     encoder_epochs: int | None = None   # default: ``epochs``
