@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--flip", action="store_true", help="also the heads with the mirrored images' features: "
                     "added to the statistics, and scores averaged over both views (the -hflip cache; encoded if absent)")
     ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the training rows scored")
+    ap.add_argument("--mean-only", action="store_true", help="with --flip: only the views' mean (TrainConfig."
+                    "mirror_views), not the mirrors added to the statistics")
     ap.add_argument("--root", default=None)
     ap.add_argument("--cache-dir", default="indices")
     ap.add_argument("--out", default="runs/issue12")
@@ -92,7 +94,7 @@ def main() -> None:
         views = [X] if Xm is None else [X, Xm]
         # scaled by 1/sqrt(D): unit-order variances, so the shrinkage grid means what it means on the features
         P = [proj.project(v).numpy() / np.sqrt(X.shape[1]) for v in views] if M else views
-        for flip in [False] + ([True] if Xm is not None else []):
+        for flip in [False] + ([True] if Xm is not None and not args.mean_only else []):
             t0 = time.perf_counter()
             k = 2 if flip else 1
             head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(

@@ -101,3 +101,15 @@ def test_kmeans_patches_shapes_and_determinism():
     x = _images(4, seed=7)
     assert e1(x).shape == (4, 32) and e1.embed_dim == 32
     torch.testing.assert_close(e1(x), e2(x))
+
+
+def test_kmeans_fit_patches_sets_the_sample_the_fit_draws(monkeypatch):
+    """``fit_patches`` (a constructor keyword, so run(encoder_kw=...) reaches it) is how many patches k-means sees."""
+    import faiss
+
+    seen = []
+    train = faiss.Kmeans.train
+    monkeypatch.setattr(faiss.Kmeans, "train", lambda self, x, *a, **k: (seen.append(len(x)), train(self, x, *a, **k))[1])
+    PatchKMeansEncoder(n_centroids=8, patch=4, fit_patches=900).fit(_images(30), seed=0)
+    PatchKMeansEncoder(n_centroids=8, patch=4, fit_patches=900).fit(_images(30), n_patches=300, seed=0)
+    assert seen == [900, 300]   # 30 per image by default here; the call's n_patches wins

@@ -25,13 +25,16 @@ class PatchKMeansEncoder(nn.Module):
         patch: patch side in pixels.
         in_chans: image channels.
         eps_norm, eps_zca: regularisers of the patch normalisation and the whitening.
+        fit_patches: patches sampled (evenly over the images) for the whitening and k-means in :meth:`fit`
+            (Coates et al. used 400,000; a registry keyword, so ``run(encoder_kw=...)`` reaches it).
     """
 
     def __init__(self, n_centroids: int = 400, patch: int = 6, in_chans: int = 3, eps_norm: float = 0.01,
-                 eps_zca: float = 0.1) -> None:
+                 eps_zca: float = 0.1, fit_patches: int = 100_000) -> None:
         super().__init__()
         p = patch * patch * in_chans
         self.patch, self.n_centroids, self.eps_norm, self.eps_zca = patch, n_centroids, eps_norm, eps_zca
+        self.fit_patches = int(fit_patches)
         self.embed_dim = 4 * n_centroids
         self.register_buffer("mean", torch.zeros(p))
         self.register_buffer("whiten", torch.eye(p))
@@ -47,12 +50,14 @@ class PatchKMeansEncoder(nn.Module):
         return p / torch.sqrt(p.var(-1, keepdim=True) + self.eps_norm)
 
     @torch.no_grad()
-    def fit(self, images: torch.Tensor, n_patches: int = 100_000, seed: int = 0, niter: int = 20) -> "PatchKMeansEncoder":
-        """Fit whitening, centroids and feature standardisation on (N, C, H, W) images."""
+    def fit(self, images: torch.Tensor, n_patches: int | None = None, seed: int = 0,
+            niter: int = 20) -> "PatchKMeansEncoder":
+        """Fit whitening, centroids and feature standardisation on (N, C, H, W) images (``n_patches``
+        sampled patches; default ``fit_patches``)."""
         import faiss
 
         g = torch.Generator().manual_seed(seed)
-        per_img = max(1, n_patches // len(images))
+        per_img = max(1, (n_patches or self.fit_patches) // len(images))
         pats = self._patches(images)  # (N, L, P)
         pick = torch.randint(0, pats.shape[1], (len(images), per_img), generator=g)
         sample = torch.gather(pats, 1, pick.unsqueeze(-1).expand(-1, -1, pats.shape[2])).reshape(-1, pats.shape[2])
