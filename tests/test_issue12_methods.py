@@ -267,3 +267,20 @@ def test_mirror_views_make_every_feature_the_mean_of_the_image_and_its_mirror(tm
     with pytest.raises(ValueError, match="mirror_views"):
         run(tiny_data(), tasks=2, method="slda", encoder="resnet32_cifar", train_encoder=True, config=cfg,
             out=tmp_path / "t", plot=False, cache_dir=tmp_path)
+
+
+def test_cli_passes_encoder_kw_and_mirror_views_to_run(monkeypatch):
+    import importlib
+
+    from memret.incremental.__main__ import main
+
+    R = importlib.import_module("memret.incremental.run")   # the module (the package exports the function)
+
+    calls = []
+    monkeypatch.setattr(R, "run", lambda *a, **kw: calls.append(kw) or (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        main(["--dataset", "cifar10", "--method", "slda", "--encoder", "kmeans_patches", "--encoder-kw",
+              '{"n_centroids": 1600}', "--mirror-views", "true", "--checkpoint", "w.pt"])
+    (kw,) = calls
+    assert kw["encoder_kw"] == {"n_centroids": 1600, "checkpoint": "w.pt"}
+    assert kw["config"].mirror_views is True and kw["config"] == TrainConfig(mirror_views=True)

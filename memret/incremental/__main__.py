@@ -2,6 +2,8 @@
 
     python -m memret.incremental --dataset cifar10 --tasks 5 --method mtn replay icarl knn --memory 2000
     python -m memret.incremental --dataset cifar10 --encoder resnet32_cifar --train-encoder --epochs 30
+    python -m memret.incremental --dataset cifar10 --method slda --encoder kmeans_patches \\
+        --encoder-kw '{"n_centroids": 1600}' --mirror-views true          # the best label-free run (RESULTS 10.7)
     torchrun --nproc_per_node 8 -m memret.incremental --dataset imagenet1k --root /data/imagenet \\
         --encoder resnet18 --train-encoder --device cuda --epochs 30
 
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--encoder", default=None,
                     help="memret.encoders name (default: kmeans_patches under 64 px, patch_dictionary stride 4 above)")
     ap.add_argument("--checkpoint", default=None, help="encoder weights to start from (timm, DINO or MSN format)")
+    ap.add_argument("--encoder-kw", type=json.loads, default={},
+                    help='encoder constructor arguments as JSON, e.g. \'{"n_centroids": 1600}\'')
     ap.add_argument("--train-encoder", action="store_true", help="train the encoder on the stream")
     ap.add_argument("--memory", type=int, default=2000, help="total exemplar budget")
     ap.add_argument("--per-class", type=int, default=None, help="fixed exemplars per class instead of --memory")
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args.dataset, tasks=args.tasks, method=args.method, encoder=args.encoder,
               memory=None if args.per_class else args.memory, per_class=args.per_class, policy=args.policy,
               seed=args.seed, init_seed=args.init_seed, root=args.root, out=args.out, config=cfg, device=device,
-              encoder_kw={"checkpoint": args.checkpoint} if args.checkpoint else None,
+              encoder_kw={**args.encoder_kw, **({"checkpoint": args.checkpoint} if args.checkpoint else {})},
               resume=not args.no_resume, train_encoder=args.train_encoder)
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(res.table(), file=sys.stderr)
