@@ -30,7 +30,7 @@ def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: s
                      desc: str = "features", rows: np.ndarray | None = None, flip: bool = False) -> np.ndarray:
     """(N, D) float32 features of every sample of ``data`` (or of ``rows``, in that order), with a progress bar.
 
-    ``flip``: encode each image's horizontal mirror instead (the second view of ``TrainConfig.flip_views``).
+    ``flip``: encode each image's horizontal mirror instead (the second view of ``TrainConfig.mirror_views``).
 
     Under an initialised ``torch.distributed`` group each rank encodes every
     world_size-th sample and the parts are all-gathered, so all ranks return all rows.

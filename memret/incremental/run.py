@@ -189,7 +189,7 @@ def run(
                 cached = np.load(file, allow_pickle=False)
                 arrays.append((cached["train"], cached["test"]))
                 continue
-            if enc is None:
+            if enc is None:  # seeded: a view encoded later (e.g. the mirrors) gets the encoder of the cached one
                 enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
             t0 = time.perf_counter()
             which = "mirrored " if flip else ""
