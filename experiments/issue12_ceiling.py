@@ -48,32 +48,17 @@ def main() -> None:
     from memret.incremental import TrainConfig, make_tasks
     from memret.incremental.analytic import holdout_rows
     from memret.incremental.data import load_dataset
-    from memret.incremental.features import build_encoder, extract_features
-    from memret.incremental.run import feature_cache_file
+    from memret.incremental.run import cached_views, feature_cache_file
     from memret.persist import atomic_write
 
     kw = json.loads(args.encoder_kw)
     data = load_dataset("cifar10", args.root)
     ytr = np.asarray(data.train.targets)
     cache = feature_cache_file(data, args.encoder, kw, args.tasks, args.order, args.order, args.cache_dir)
-    if cache.is_file():
-        X = np.load(cache)["train"]
-    else:  # as run() does it, so the cache serves later run() calls too
-        stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
-        enc, _ = build_encoder(args.encoder, data, stream[0], kw, args.order)
-        X = extract_features(enc, data.train, desc="train features")
-        Xte = extract_features(enc, data.test, desc="test features")
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache, lambda f: np.savez(f, train=X, test=Xte))
-    Xm = None
-    if args.flip:
-        flip_cache = cache.with_name(cache.stem + "-hflip.npz")
-        if not flip_cache.is_file():
-            stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
-            enc, _ = build_encoder(args.encoder, data, stream[0], kw, args.order)
-            Fm, Fmte = (extract_features(enc, d, flip=True, desc="mirrored features") for d in (data.train, data.test))
-            atomic_write(flip_cache, lambda f: np.savez(f, train=Fm, test=Fmte))
-        Xm = np.load(flip_cache)["train"]
+    stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
+    # as run() reads or makes them, so the caches serve later run() calls too
+    views = cached_views(data, args.encoder, kw, stream[0], args.order, cache, mirror=args.flip)
+    X, Xm = views[0][0], (views[1][0] if args.flip else None)
     rows = np.arange(len(ytr))
     val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (a different hash from run()'s)
     inner = holdout_rows(rows[~val], args.order)              # the heads' own choice, as in run()

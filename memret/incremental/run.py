@@ -40,7 +40,7 @@ from memret.metrics import summarize
 from memret.persist import atomic_write
 
 log = logging.getLogger(__name__)
-__all__ = ["MethodResult", "RunResult", "extract_features", "feature_cache_file", "plot_accuracy", "run"]
+__all__ = ["MethodResult", "RunResult", "cached_views", "extract_features", "feature_cache_file", "plot_accuracy", "run"]
 
 
 @dataclass
@@ -172,7 +172,6 @@ def run(
     if main:
         out.mkdir(parents=True, exist_ok=True)
     feat_file = feature_cache_file(data, enc_name, encoder_kw, tasks, seed, init_seed, cache_dir, fingerprint)
-    mirror_file = feat_file.with_name(feat_file.stem + "-hflip.npz")  # the mirrored images' features
     if train_encoder and cfg.mirror_views:
         raise ValueError("mirror_views is for frozen encoders; a trained encoder sees mirrors through cfg.augment")
     if train_encoder:
@@ -181,27 +180,8 @@ def run(
         def representation():
             return TrainedEncoder(enc, data, data.n_classes, cfg, init_seed, device)
     else:
-        enc = None
-        views = [(feat_file, False)] + ([(mirror_file, True)] if cfg.mirror_views else [])
-        arrays = []
-        for file, flip in views:
-            if file.is_file() and isinstance(encoder, str):
-                cached = np.load(file, allow_pickle=False)
-                arrays.append((cached["train"], cached["test"]))
-                continue
-            if enc is None:  # seeded: refitted for a view encoded later (the mirrors), it matches the cached
-                # view's encoder up to float noise (measured: features within 0.015, unit variance)
-                enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
-            t0 = time.perf_counter()
-            which = "mirrored " if flip else ""
-            F = (extract_features(enc, data.train, device=device, desc=f"{which}train features", flip=flip),
-                 extract_features(enc, data.test, device=device, desc=f"{which}test features", flip=flip))
-            log.info("encoded %d %simages in %.1fs", len(F[0]) + len(F[1]), which, time.perf_counter() - t0)
-            if main:
-                file.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(file, lambda f: np.savez(f, train=F[0], test=F[1]))
-            arrays.append(F)
-
+        arrays = cached_views(data, encoder, encoder_kw, stream[0], init_seed, feat_file, cfg.mirror_views,
+                              device, write=main)
         if len(arrays) > 1:  # mirror_views: each image's feature is the mean of its two views' (flip-invariant)
             arrays = [tuple((a + b) / 2 for a, b in zip(*arrays))]
         Ftr, Fte = arrays[0]
@@ -237,6 +217,39 @@ def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, task
                            len(data.test.targets), enc_name, sorted(encoder_kw.items(), key=str), tasks, seed,
                            init_seed], default=str)
     return Path(cache_dir) / f"features-{data.name}-{hashlib.sha256(feat_key.encode()).hexdigest()[:12]}.npz"
+
+
+def cached_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw: dict, first, init_seed: int,
+                 feat_file: Path, mirror: bool = False, device: str = "cpu",
+                 write: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` frozen features of each view: the images, then (``mirror``) their horizontal mirrors.
+
+    Each view is read from its cache (``feat_file``; the mirrors' beside it, ``<stem>-hflip.npz``) when the
+    encoder is a registry name, or else encoded, by the encoder :func:`build_encoder` fits on task ``first``,
+    and cached (``write``: rank 0 only). The encoder is fitted at most once per call; a view encoded in a later
+    call than another refits it, seeded, which matches the first fit up to float noise (measured: features
+    within 0.015, unit variance).
+    """
+    enc = None
+    arrays = []
+    for file, flip in [(feat_file, False)] + ([(feat_file.with_name(feat_file.stem + "-hflip.npz"), True)]
+                                              if mirror else []):
+        if file.is_file() and isinstance(encoder, str):
+            cached = np.load(file, allow_pickle=False)
+            arrays.append((cached["train"], cached["test"]))
+            continue
+        if enc is None:
+            enc, _ = build_encoder(encoder, data, first, encoder_kw, init_seed)
+        t0 = time.perf_counter()
+        which = "mirrored " if flip else ""
+        F = (extract_features(enc, data.train, device=device, desc=f"{which}train features", flip=flip),
+             extract_features(enc, data.test, device=device, desc=f"{which}test features", flip=flip))
+        log.info("encoded %d %simages in %.1fs", len(F[0]) + len(F[1]), which, time.perf_counter() - t0)
+        if write:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(file, lambda f: np.savez(f, train=F[0], test=F[1]))
+        arrays.append(F)
+    return arrays
 
 
 def _is_main() -> bool:
