@@ -2,6 +2,7 @@
 
     python experiments/issue12_ceiling.py --encoder kmeans_patches --encoder-kw '{"n_centroids": 1600}'
     python experiments/issue12_ceiling.py --encoder patch_dictionary --projection 0 4096
+    python experiments/issue12_ceiling.py --encoder-kw '{"n_centroids": 1600}' --slda --flip --mean-only --shift 2
 
 A class-incremental RanPAC head ends equal to the ridge head trained once on all the data (the
 order-invariance test in tests/test_issue12_methods.py), so the jointly trained head is the ceiling
@@ -36,6 +37,8 @@ def main() -> None:
                     help="SLDA over RanPAC's random projection + ReLU of width M (0: on the features)")
     ap.add_argument("--flip", action="store_true", help="also the heads with the mirrored images' features: "
                     "added to the statistics, and scores averaged over both views (the -hflip cache; encoded if absent)")
+    ap.add_argument("--shift", type=int, default=0, help="also SLDA on the mean over the views translated by "
+                    "(s, s) and (-s, -s) (and their mirrors with --flip) and the others (TrainConfig.shift_views)")
     ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the training rows scored")
     ap.add_argument("--mean-only", action="store_true", help="with --flip: only the views' mean (TrainConfig."
                     "mirror_views), not the mirrors added to the statistics")
@@ -57,8 +60,9 @@ def main() -> None:
     cache = feature_cache_file(data, args.encoder, kw, args.tasks, args.order, args.order, args.cache_dir)
     stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
     # as run() reads or makes them, so the caches serve later run() calls too
-    views = cached_views(data, args.encoder, kw, stream[0], args.order, cache, mirror=args.flip)
+    views = cached_views(data, args.encoder, kw, stream[0], args.order, cache, mirror=args.flip, shift=args.shift)
     X, Xm = views[0][0], (views[1][0] if args.flip else None)
+    everything = sum(v[0] for v in views) / len(views) if args.shift else None
     rows = np.arange(len(ytr))
     val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (a different hash from run()'s)
     inner = holdout_rows(rows[~val], args.order)              # the heads' own choice, as in run()
@@ -105,9 +109,18 @@ def main() -> None:
                 acc2 = float((np.argmax(head.scores(P[0][val]) + head.scores(P[1][val]), 1) == yv).mean())
                 res["heads"][name + ", both views scored"] = {"validation_accuracy": acc2, "shrinkage": shrinkage}
                 print(f"{name + ', both views scored':<28} validation {100 * acc2:.2f}", flush=True)
+    if everything is not None:  # TrainConfig.shift_views: the mean over every view, fitted and scored
+        t0 = time.perf_counter()
+        head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(
+            everything[~val], yf, holdout=inner)
+        acc = float((head.predict(everything[val]) == yv).mean())
+        name = f"slda on the mean of {len(views)} views (shift {args.shift})"
+        res["heads"][name] = {"validation_accuracy": acc, "shrinkage": head.shrinkage}
+        print(f"{name:<28} validation {100 * acc:.2f}  shrinkage {head.shrinkage:g}  {time.perf_counter() - t0:.0f}s",
+              flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "-flip" if args.flip else ""
+    tag = ("-flip" if args.flip else "") + (f"-shift{args.shift}" if args.shift else "")
     atomic_write(out / f"ceiling-{args.encoder}-{args.order}{tag}.json", lambda f: f.write(json.dumps(res, indent=2).encode()))
 
 

@@ -269,6 +269,53 @@ def test_mirror_views_make_every_feature_the_mean_of_the_image_and_its_mirror(tm
             out=tmp_path / "t", plot=False, cache_dir=tmp_path)
 
 
+def test_view_translates_with_a_reflected_border_after_the_mirror():
+    from memret.incremental.features import view
+
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6)
+    for dx, dy in [(2, 1), (-1, -2), (0, 3)]:
+        v = view(x, shift=(dx, dy))
+        assert v.shape == x.shape
+        H, W = x.shape[-2:]
+        for i in range(H):
+            for j in range(W):
+                si, sj = i - dy, j - dx                 # the source pixel, reflected at the border
+                si = -si if si < 0 else (2 * (H - 1) - si if si >= H else si)
+                sj = -sj if sj < 0 else (2 * (W - 1) - sj if sj >= W else sj)
+                assert torch.equal(v[..., i, j], x[..., si, sj]), (dx, dy, i, j)
+    torch.testing.assert_close(view(x, flip=True, shift=(1, 1)), view(x.flip(-1), shift=(1, 1)), rtol=0, atol=0)
+    assert torch.equal(view(x), x)
+    with pytest.raises(ValueError, match="smaller"):
+        view(x, shift=(6, 0))
+
+
+def test_shift_views_make_every_feature_the_mean_over_the_translated_and_mirrored_views(tmp_path):
+    """TrainConfig(shift_views=s) with mirror_views: the feature is the mean of six views (the image, its mirror,
+    both translated by (s, s) and by (-s, -s)), each cached; SLDA's final head is the joint head on them."""
+    from dataclasses import replace
+
+    from memret.heads import SLDA
+    from memret.incremental.features import view
+
+    enc, cfg = FixedProjection(), replace(FAST, mirror_views=True, shift_views=1)
+    res = run(tiny_data(), tasks=2, method="slda", encoder=enc, memory=12, seed=1, init_seed=7,
+              out=tmp_path / "run", config=cfg, plot=False, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("features-*.npz"))) == 6
+    data = tiny_data()
+    with torch.no_grad():
+        imgs = [d.batch(np.arange(len(d.targets))) for d in (data.train, data.test)]
+        X, T = [(sum(enc(view(x, f, (s, s))) for f in (False, True) for s in (0, 1, -1)) / 6).numpy() for x in imgs]
+    y, yte = np.asarray(data.train.targets), np.asarray(data.test.targets)
+    ref = SLDA(4, shrinkage="auto", shrinkages=cfg.slda_shrinkages).fit_task(
+        X, y, holdout=holdout_rows(np.arange(len(y)), 7))
+    head = torch.load(tmp_path / "run" / "ckpt" / "slda" / "method.pt", weights_only=True)["head"]
+    torch.testing.assert_close(head["weight"], ref.weight, rtol=1e-4, atol=1e-4)
+    assert res.methods["slda"].summary["last_accuracy"] == pytest.approx((ref.predict(T) == yte).mean())
+    with pytest.raises(ValueError, match="shift_views"):
+        run(tiny_data(), tasks=2, method="slda", encoder="resnet32_cifar", train_encoder=True,
+            config=replace(FAST, shift_views=2), out=tmp_path / "t", plot=False, cache_dir=tmp_path)
+
+
 def test_cli_passes_encoder_kw_and_mirror_views_to_run(monkeypatch):
     import importlib
 
@@ -280,7 +327,7 @@ def test_cli_passes_encoder_kw_and_mirror_views_to_run(monkeypatch):
     monkeypatch.setattr(R, "run", lambda *a, **kw: calls.append(kw) or (_ for _ in ()).throw(SystemExit(0)))
     with pytest.raises(SystemExit):
         main(["--dataset", "cifar10", "--method", "slda", "--encoder", "kmeans_patches", "--encoder-kw",
-              '{"n_centroids": 1600}', "--mirror-views", "true", "--checkpoint", "w.pt"])
+              '{"n_centroids": 1600}', "--mirror-views", "true", "--shift-views", "2", "--checkpoint", "w.pt"])
     (kw,) = calls
     assert kw["encoder_kw"] == {"n_centroids": 1600, "checkpoint": "w.pt"}
-    assert kw["config"].mirror_views is True and kw["config"] == TrainConfig(mirror_views=True)
+    assert kw["config"] == TrainConfig(mirror_views=True, shift_views=2)

@@ -25,12 +25,28 @@ def batches(data, rows: np.ndarray, batch: int):
             yield torch.stack([data[int(i)][0] for i in idx])
 
 
+def view(x: torch.Tensor, flip: bool = False, shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """(B, C, H, W) images mirrored left-right (``flip``), then translated by ``shift = (dx, dy)`` pixels
+    (content moves right and down for positive values; the uncovered border is the image reflected)."""
+    if flip:
+        x = x.flip(-1)
+    dx, dy = (int(v) for v in shift)
+    if dx or dy:
+        h, w = x.shape[-2:]
+        if not (abs(dx) < w and abs(dy) < h):
+            raise ValueError(f"shift {shift} must be smaller than the {w}x{h} image")
+        x = torch.nn.functional.pad(x, (abs(dx), abs(dx), abs(dy), abs(dy)), mode="reflect")
+        x = x[..., abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
+    return x
+
+
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: str = "cpu",
-                     desc: str = "features", rows: np.ndarray | None = None, flip: bool = False) -> np.ndarray:
+                     desc: str = "features", rows: np.ndarray | None = None, flip: bool = False,
+                     shift: tuple[int, int] = (0, 0)) -> np.ndarray:
     """(N, D) float32 features of every sample of ``data`` (or of ``rows``, in that order), with a progress bar.
 
-    ``flip``: encode each image's horizontal mirror instead (the second view of ``TrainConfig.mirror_views``).
+    ``flip``, ``shift``: encode each image's :func:`view` instead (``TrainConfig.mirror_views`` and ``shift_views``).
 
     Under an initialised ``torch.distributed`` group each rank encodes every
     world_size-th sample and the parts are all-gathered, so all ranks return all rows.
@@ -44,7 +60,7 @@ def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: s
         world, rank = dist.get_world_size(), dist.get_rank()
     mine = rows[rank::world]
     encoder.eval().to(device)
-    parts = [encoder((x.flip(-1) if flip else x).to(device)).float().cpu().numpy()
+    parts = [encoder(view(x, flip, shift).to(device)).float().cpu().numpy()
              for x in tqdm(batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
                            disable=rank != 0 or len(mine) < 4 * batch, leave=False)]
     out_mine = np.concatenate(parts) if parts else np.empty((0, encoder.embed_dim), np.float32)

@@ -172,8 +172,9 @@ def run(
     if main:
         out.mkdir(parents=True, exist_ok=True)
     feat_file = feature_cache_file(data, enc_name, encoder_kw, tasks, seed, init_seed, cache_dir, fingerprint)
-    if train_encoder and cfg.mirror_views:
-        raise ValueError("mirror_views is for frozen encoders; a trained encoder sees mirrors through cfg.augment")
+    if train_encoder and (cfg.mirror_views or cfg.shift_views):
+        raise ValueError("mirror_views and shift_views are for frozen encoders; a trained encoder sees mirrors and "
+                         "shifts through cfg.augment")
     if train_encoder:
         enc, enc_name = build_encoder(encoder, data, stream[0], encoder_kw, init_seed)
 
@@ -181,10 +182,10 @@ def run(
             return TrainedEncoder(enc, data, data.n_classes, cfg, init_seed, device)
     else:
         arrays = cached_views(data, encoder, encoder_kw, stream[0], init_seed, feat_file, cfg.mirror_views,
-                              device, write=main)
-        if len(arrays) > 1:  # mirror_views: each image's feature is the mean of its two views' (flip-invariant)
-            arrays = [tuple((a + b) / 2 for a, b in zip(*arrays))]
-        Ftr, Fte = arrays[0]
+                              device, write=main, shift=cfg.shift_views)
+        # mirror_views / shift_views: each image's feature is the mean of its views' (flip- and shift-invariant)
+        Ftr, Fte = (arrays[0] if len(arrays) == 1 else
+                    tuple(sum(a[i] for a in arrays) / len(arrays) for i in (0, 1)))
 
         def representation():
             return FrozenFeatures(Ftr, Fte)
@@ -221,19 +222,25 @@ def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, task
 
 def cached_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw: dict, first, init_seed: int,
                  feat_file: Path, mirror: bool = False, device: str = "cpu",
-                 write: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(train, test)`` frozen features of each view: the images, then (``mirror``) their horizontal mirrors.
+                 write: bool = True, shift: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` frozen features of each view: the images, then (``mirror``) their horizontal mirrors,
+    then (``shift``) the images translated by ``(shift, shift)`` and ``(-shift, -shift)`` pixels (and, with
+    ``mirror``, the translated mirrors); see :func:`~memret.incremental.features.view`.
 
-    Each view is read from its cache (``feat_file``; the mirrors' beside it, ``<stem>-hflip.npz``) when the
-    encoder is a registry name, or else encoded, by the encoder :func:`build_encoder` fits on task ``first``,
-    and cached (``write``: rank 0 only). The encoder is fitted at most once per call; a view encoded in a later
-    call than another refits it, seeded, which matches the first fit up to float noise (measured: features
-    within 0.015, unit variance).
+    Each view is read from its cache (``feat_file``; the other views' beside it, e.g. ``<stem>-hflip.npz``,
+    ``<stem>-dx2dy2.npz``) when the encoder is a registry name, or else encoded, by the encoder
+    :func:`build_encoder` fits on task ``first``, and cached (``write``: rank 0 only). The encoder is fitted at
+    most once per call; a view encoded in a later call than another refits it, seeded, which matches the first
+    fit up to float noise (measured: features within 0.015, unit variance).
     """
+    views = [(False, (0, 0))] + ([(True, (0, 0))] if mirror else [])
+    for s in ((shift, -shift) if shift else ()):
+        views += [(False, (s, s))] + ([(True, (s, s))] if mirror else [])
     enc = None
     arrays = []
-    for file, flip in [(feat_file, False)] + ([(feat_file.with_name(feat_file.stem + "-hflip.npz"), True)]
-                                              if mirror else []):
+    for flip, (dx, dy) in views:
+        suffix = ("-hflip" if flip else "") + (f"-dx{dx}dy{dy}" if dx or dy else "")
+        file = feat_file.with_name(feat_file.stem + suffix + ".npz")
         if file.is_file() and isinstance(encoder, str):
             cached = np.load(file, allow_pickle=False)
             arrays.append((cached["train"], cached["test"]))
@@ -241,9 +248,9 @@ def cached_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw:
         if enc is None:
             enc, _ = build_encoder(encoder, data, first, encoder_kw, init_seed)
         t0 = time.perf_counter()
-        which = "mirrored " if flip else ""
-        F = (extract_features(enc, data.train, device=device, desc=f"{which}train features", flip=flip),
-             extract_features(enc, data.test, device=device, desc=f"{which}test features", flip=flip))
+        which = f"{suffix[1:]} " if suffix else ""
+        F = tuple(extract_features(enc, part, device=device, desc=f"{which}{name} features", flip=flip, shift=(dx, dy))
+                  for part, name in ((data.train, "train"), (data.test, "test")))
         log.info("encoded %d %simages in %.1fs", len(F[0]) + len(F[1]), which, time.perf_counter() - t0)
         if write:
             file.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,9 @@ class TrainConfig:
     # frozen encoders: every image's feature is the mean of its own and its horizontal mirror's features, for
     # every method (flip-invariant; twice the encoding; the mirrors' features are cached beside the others)
     mirror_views: bool = False
+    # frozen encoders: also the views translated by (s, s) and (-s, -s) pixels (reflect-padded) and, with
+    # mirror_views, their mirrors; the feature is the mean over all views (each view one more encoding)
+    shift_views: int = 0
     # ---- the encoder, when run(train_encoder=True) trains it (from scratch, or fine-tuning a checkpoint)
     encoder_epochs: int | None = None   # default: ``epochs``
     encoder_lr: float = 0.05            # SGD with momentum, cosine within a task (Avalanche/PyCIL CIFAR recipe)
