@@ -97,26 +97,52 @@ class PatchKMeansEncoder(nn.Module):
         return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4K), quadrant pooling
 
     def _pooled_inplace(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`_pooled` without autograd, ~2x faster on a CPU: one image's (L, K) distances at a time in one
-        reused buffer (a fresh 5 MB tensor per step costs more in page faults than the product itself),
-        ``|w|^2 + |c|^2 - 2 w.c`` by one ``addmm``, activations and pooling in place."""
+        """:meth:`_pooled` without autograd, ~2x faster on a CPU (see :meth:`_pooled_windows`)."""
+        return self._pooled_windows(x, [(0, 0)])[0]
+
+    def _pooled_windows(self, x: torch.Tensor, origins, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(S, B, 4K) quadrant-pooled activations of S windows of one activation map of ``x``: window s covers
+        the ``size`` (rows, cols; default the whole map) positions from ``origins[s]`` (row, col).
+
+        One image's (L, K) distances at a time in one reused buffer (a fresh 5 MB tensor per step costs more
+        in page faults than the product itself), ``|w|^2 + |c|^2 - 2 w.c`` by one ``addmm``, activations and
+        pooling in place."""
         w = self._whitened(x)
         B, L, P = w.shape
         c, K = self.centroids, self.n_centroids
         cc, ww = (c * c).sum(1), (w * w).sum(-1, keepdim=True)
-        side = int(round(L ** 0.5))
-        cuts = [(0, -(-side // 2)), (side // 2, side)]  # adaptive_avg_pool2d(., 2)'s (overlapping) halves
-        cells = [(a0, a1, b0, b1) for a0, a1 in cuts for b0, b1 in cuts]
-        out = w.new_empty(B, K, len(cells))
+        rows, cols = x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1
+        h, v = size or (rows, cols)
+        # adaptive_avg_pool2d(., 2)'s (overlapping) halves of an h x v window
+        cells = [(a0, a1, b0, b1) for a0, a1 in [(0, -(-h // 2)), (h // 2, h)] for b0, b1 in [(0, -(-v // 2)), (v // 2, v)]]
+        out = w.new_empty(len(origins), B, K, len(cells))
         z = w.new_empty(L, K)
         for i in range(B):
             torch.addmm(cc, w[i], c.T, alpha=-2.0, out=z)
             z.add_(ww[i]).clamp_(min=0).sqrt_()              # distances to the centroids
             z.sub_(z.mean(1, keepdim=True)).neg_().clamp_(min=0)  # triangle: max(0, mean_k z - z_k)
-            f = z.view(side, side, K)
-            for j, (a0, a1, b0, b1) in enumerate(cells):
-                out[i, :, j] = f[a0:a1, b0:b1].sum((0, 1)) / ((a1 - a0) * (b1 - b0))
-        return out.flatten(1)
+            f = z.view(rows, cols, K)
+            for s, (r, q) in enumerate(origins):
+                for j, (a0, a1, b0, b1) in enumerate(cells):
+                    out[s, i, :, j] = f[r + a0:r + a1, q + b0:q + b1].sum((0, 1)) / ((a1 - a0) * (b1 - b0))
+        return out.flatten(2)
+
+    @torch.no_grad()
+    def forward_shifted(self, x: torch.Tensor, shifts) -> list[torch.Tensor]:
+        """``[self(view(x, shift=s)) for s in shifts]`` (:func:`memret.incremental.features.view`: translated by
+        ``(dx, dy)``, reflect-padded) from ONE activation map of ``x`` reflect-padded by the largest shift: every
+        patch of every translated view is a patch of the padded image, so S views cost one pass over
+        ``(H + 2m - p + 1)(W + 2m - p + 1)`` positions instead of S passes over ``(H - p + 1)(W - p + 1)``."""
+        shifts = [(int(dx), int(dy)) for dx, dy in shifts]
+        m = max(max(abs(dx), abs(dy)) for dx, dy in shifts)
+        if m >= min(x.shape[-2:]):
+            raise ValueError(f"shifts {shifts} must be smaller than the {tuple(x.shape[-2:])} image")
+        xp = F.pad(x, (m, m, m, m), mode="reflect") if m else x
+        size = (x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1)
+        origins = [(m - dy, m - dx) for dx, dy in shifts]
+        step = max(1, (1 << 25) // ((size[0] + 2 * m) * (size[1] + 2 * m) * self.n_centroids))
+        out = torch.cat([self._pooled_windows(xp[s:s + step], origins, size) for s in range(0, len(x), step)], 1)
+        return list((out - self.feat_mean) / self.feat_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 4K), a few images at a time: at most ~32M distances live at once.

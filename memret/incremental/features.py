@@ -51,6 +51,15 @@ def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: s
     Under an initialised ``torch.distributed`` group each rank encodes every
     world_size-th sample and the parts are all-gathered, so all ranks return all rows.
     """
+    return extract_views(encoder, data, [shift], batch, device, desc, rows, flip)[0]
+
+
+@torch.no_grad()
+def extract_views(encoder: torch.nn.Module, data, shifts, batch: int = 256, device: str = "cpu",
+                  desc: str = "features", rows: np.ndarray | None = None, flip: bool = False) -> list[np.ndarray]:
+    """:func:`extract_features` of each :func:`view` ``(flip, shift)`` for ``shift`` in ``shifts``, in one pass
+    over the data; an encoder with ``forward_shifted`` (``PatchKMeansEncoder``) makes all the translated views
+    from one activation map."""
     from tqdm.auto import tqdm
 
     dist = torch.distributed
@@ -60,18 +69,27 @@ def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: s
         world, rank = dist.get_world_size(), dist.get_rank()
     mine = rows[rank::world]
     encoder.eval().to(device)
-    parts = [encoder(view(x, flip, shift).to(device)).float().cpu().numpy()
-             for x in tqdm(batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
-                           disable=rank != 0 or len(mine) < 4 * batch, leave=False)]
-    out_mine = np.concatenate(parts) if parts else np.empty((0, encoder.embed_dim), np.float32)
-    if world == 1:
-        return out_mine.astype(np.float32)
-    gathered = [None] * world
-    dist.all_gather_object(gathered, out_mine)
-    out = np.empty((len(rows), out_mine.shape[1]), np.float32)
-    for r, part in enumerate(gathered):
-        out[r::world] = part
-    return out
+    shifts = [tuple(s) for s in shifts]
+    shared = hasattr(encoder, "forward_shifted") and len(shifts) > 1   # one view: no padding needed
+    parts = []
+    for x in tqdm(batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
+                  disable=rank != 0 or len(mine) < 4 * batch, leave=False):
+        x = view(x, flip).to(device)
+        outs = encoder.forward_shifted(x, shifts) if shared else [encoder(view(x, shift=s)) for s in shifts]
+        parts.append([o.float().cpu().numpy() for o in outs])
+    result = []
+    for v in range(len(shifts)):
+        out_mine = np.concatenate([p[v] for p in parts]) if parts else np.empty((0, encoder.embed_dim), np.float32)
+        if world == 1:
+            result.append(out_mine.astype(np.float32))
+            continue
+        gathered = [None] * world
+        dist.all_gather_object(gathered, out_mine)
+        out = np.empty((len(rows), out_mine.shape[1]), np.float32)
+        for r, part in enumerate(gathered):
+            out[r::world] = part
+        result.append(out)
+    return result
 
 
 def build_encoder(encoder: str | torch.nn.Module, data: LabelledData, first: Task, encoder_kw: dict,

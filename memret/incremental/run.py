@@ -31,7 +31,7 @@ import torch
 
 from memret.incremental.backbone import FrozenFeatures, TrainedEncoder
 from memret.incremental.data import LabelledData, load_dataset
-from memret.incremental.features import build_encoder, extract_features
+from memret.incremental.features import build_encoder, extract_features, extract_views
 from memret.incremental.catalog import METHODS, make_method
 from memret.incremental.streams import make_tasks
 from memret.incremental.training import TrainConfig
@@ -231,32 +231,36 @@ def cached_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw:
     ``<stem>-dx2dy2.npz``) when the encoder is a registry name, or else encoded, by the encoder
     :func:`build_encoder` fits on task ``first``, and cached (``write``: rank 0 only). The encoder is fitted at
     most once per call; a view encoded in a later call than another refits it, seeded, which matches the first
-    fit up to float noise (measured: features within 0.015, unit variance).
+    fit up to float noise (measured: features within 0.015, unit variance). The translated views of one flip
+    are encoded together (:func:`~memret.incremental.features.extract_views`).
     """
-    views = [(False, (0, 0))] + ([(True, (0, 0))] if mirror else [])
-    for s in ((shift, -shift) if shift else ()):
-        views += [(False, (s, s))] + ([(True, (s, s))] if mirror else [])
     enc = None
-    arrays = []
-    for flip, (dx, dy) in views:
-        suffix = ("-hflip" if flip else "") + (f"-dx{dx}dy{dy}" if dx or dy else "")
-        file = feat_file.with_name(feat_file.stem + suffix + ".npz")
-        if file.is_file() and isinstance(encoder, str):
-            cached = np.load(file, allow_pickle=False)
-            arrays.append((cached["train"], cached["test"]))
+    flips = [False, True] if mirror else [False]
+    shifts = [(0, 0)] + ([(shift, shift), (-shift, -shift)] if shift else [])
+    views = {}
+    for flip in flips:
+        files = {s: feat_file.with_name(feat_file.stem + ("-hflip" if flip else "") +
+                                        (f"-dx{s[0]}dy{s[1]}" if s != (0, 0) else "") + ".npz") for s in shifts}
+        todo = [s for s in shifts if not (files[s].is_file() and isinstance(encoder, str))]
+        for s in shifts:
+            if s not in todo:
+                cached = np.load(files[s], allow_pickle=False)
+                views[flip, s] = (cached["train"], cached["test"])
+        if not todo:
             continue
         if enc is None:
             enc, _ = build_encoder(encoder, data, first, encoder_kw, init_seed)
         t0 = time.perf_counter()
-        which = f"{suffix[1:]} " if suffix else ""
-        F = tuple(extract_features(enc, part, device=device, desc=f"{which}{name} features", flip=flip, shift=(dx, dy))
-                  for part, name in ((data.train, "train"), (data.test, "test")))
-        log.info("encoded %d %simages in %.1fs", len(F[0]) + len(F[1]), which, time.perf_counter() - t0)
-        if write:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(file, lambda f: np.savez(f, train=F[0], test=F[1]))
-        arrays.append(F)
-    return arrays
+        which = f"{len(todo)} view(s){', mirrored' if flip else ''}: "
+        F = [extract_views(enc, part, todo, device=device, desc=f"{which}{name} features", flip=flip)
+             for part, name in ((data.train, "train"), (data.test, "test"))]
+        log.info("encoded %d images, %s in %.1fs", len(F[0][0]) + len(F[1][0]), which, time.perf_counter() - t0)
+        for s, tr, te in zip(todo, *F):
+            if write:
+                files[s].parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(files[s], lambda f: np.savez(f, train=tr, test=te))
+            views[flip, s] = (tr, te)
+    return [views[flip, s] for s in shifts for flip in flips]
 
 
 def _is_main() -> bool:
