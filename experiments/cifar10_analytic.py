@@ -3,6 +3,7 @@
     python experiments/cifar10_analytic.py select --out runs/analytic     # encoder defaults, task-1 validation split
     python experiments/cifar10_analytic.py stream --out runs/analytic     # 5 tasks, 3 class orders, RanPAC / SLDA / NCM
     python experiments/cifar10_analytic.py speed --out runs/analytic      # images/s at 32 and 224 pixels
+    python experiments/cifar10_analytic.py views --threads 1 --out runs/issue12   # 6 views: one pass each vs forward_shifted
 
 ``select`` never reads the test set: it fits each encoder on 80% of the first task's
 training images (class order 1993) and scores a RanPAC head on the other 20%.
@@ -234,9 +235,40 @@ def speed(args) -> None:
             del enc
 
 
+def views(args) -> None:
+    """The multi-view encoding of ``TrainConfig(mirror_views=True, shift_views=2)`` (6 views: the image, its mirror,
+    both translated by (2, 2) and (-2, -2)) on 32-px CIFAR images with the 1,600-centroid k-means encoder: one
+    pass per view (``encoder(view(x, flip, shift))``, the reference) against ``forward_shifted`` (one pass per
+    flip over the reflect-padded image, every translated view pooled from its activation map), same process."""
+    from memret.incremental.features import view
+
+    data = load_dataset("cifar10", root=args.root)
+    x = data.train.batch(np.arange(256))
+    enc = _make_encoder("kmeans", n_centroids=1600)
+    enc.fit(x, n_patches=20_000, seed=0)
+    shifts, n = [(0, 0), (2, 2), (-2, -2)], 128
+    with torch.no_grad():
+        enc(x[:2])  # warm-up
+        timed = {}
+        for name, fn in (("one view (one pass)", lambda: [enc(x[:n])]),
+                         ("6 views, one pass each (reference)",
+                          lambda: [enc(view(x[:n], f, s)) for f in (False, True) for s in shifts]),
+                         ("6 views, forward_shifted (one pass per flip)",
+                          lambda: [o for f in (False, True) for o in enc.forward_shifted(view(x[:n], f), shifts)])):
+            t0 = time.perf_counter()
+            timed[name] = (fn(), time.perf_counter() - t0)
+    ref = timed["6 views, one pass each (reference)"]
+    diff = max(float((a - b).abs().max()) for a, b in zip(ref[0], timed["6 views, forward_shifted (one pass per flip)"][0]))
+    out = {"images": n, "threads": torch.get_num_threads(), "max_abs_difference_of_the_views": diff,
+           "rows": [{"path": k, "seconds": t, "images_per_s": n / t, "speed_vs_reference": ref[1] / t}
+                    for k, (_, t) in timed.items()]}
+    print(json.dumps(out, indent=1), flush=True)
+    _write_json(Path(args.out) / "views_speed.json", out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["select", "stream", "speed"])
+    ap.add_argument("stage", choices=["select", "stream", "speed", "views"])
     ap.add_argument("--root", default="../shared/data/cifar10")
     ap.add_argument("--out", default="runs/analytic")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("MEMRET_THREADS", 2)))
@@ -250,7 +282,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"select": select, "stream": stream, "speed": speed}[args.stage](args)
+    {"select": select, "stream": stream, "speed": speed, "views": views}[args.stage](args)
 
 
 if __name__ == "__main__":
