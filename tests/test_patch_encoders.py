@@ -83,9 +83,10 @@ def test_unfitted_patch_encoders_refuse_to_encode():
         PatchKMeansEncoder(n_centroids=8)(_images(2))
 
 
+@pytest.mark.parametrize("encoding", ["triangle", "soft"])
 @pytest.mark.parametrize("side", [12, 13])  # an even and an odd number of patch positions per side
-def test_kmeans_inference_path_equals_the_differentiable_one(side):
-    enc = PatchKMeansEncoder(n_centroids=8, patch=4).fit(_images(30), n_patches=2000, seed=0)
+def test_kmeans_inference_path_equals_the_differentiable_one(side, encoding):
+    enc = PatchKMeansEncoder(n_centroids=8, patch=4, encoding=encoding).fit(_images(30), n_patches=2000, seed=0)
     x = _images(5, side=side, seed=3).requires_grad_(True)
     with torch.no_grad():
         fast = enc(x)
@@ -101,6 +102,26 @@ def test_kmeans_patches_shapes_and_determinism():
     x = _images(4, seed=7)
     assert e1(x).shape == (4, 32) and e1.embed_dim == 32
     torch.testing.assert_close(e1(x), e2(x))
+
+
+def test_kmeans_soft_threshold_is_both_polarities_of_the_projections_on_unit_centroids():
+    """encoding="soft" (Coates & Ng, ICML 2011): [max(0, d.w - a), max(0, -d.w - a)] per patch over unit-norm
+    centroids d, quadrant-pooled: 8K features; a bad encoding name is refused."""
+    imgs = _images(30)
+    enc = PatchKMeansEncoder(n_centroids=8, patch=4, encoding="soft", alpha=0.3).fit(imgs, n_patches=2000, seed=0)
+    assert enc.embed_dim == 64 and enc(imgs[:3]).shape == (3, 64)
+    torch.testing.assert_close(enc.centroids.norm(dim=1), torch.ones(8))
+    x = _images(2, seed=5)
+    w = (enc._patches(x) - enc.mean) @ enc.whiten                     # (B, L, P), by hand
+    z = torch.einsum("blp,kp->blk", w, enc.centroids)
+    act = torch.cat([(z - 0.3).clamp(min=0), (-z - 0.3).clamp(min=0)], -1)
+    torch.testing.assert_close(enc.activation_map(x), act)
+    grid = act.view(2, 9, 9, 16)                                       # 9 x 9 positions; quadrant (1, 0) = rows 4-8, cols 0-4
+    pooled = (grid[:, 4:, :5].mean((1, 2)) - enc.feat_mean.view(16, 4)[:, 2]) / enc.feat_std.view(16, 4)[:, 2]
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x).view(2, 16, 4)[:, :, 2], pooled, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="encoding"):
+        PatchKMeansEncoder(encoding="hard")
 
 
 def test_kmeans_fit_patches_sets_the_sample_the_fit_draws(monkeypatch):
@@ -126,9 +147,11 @@ def test_kmeans_shifted_views_from_one_padded_map_equal_encoding_each_translated
     x = torch.rand(12, 3, 20, 17, generator=torch.Generator().manual_seed(3))
     enc = PatchKMeansEncoder(n_centroids=24, patch=5).fit(x, seed=0)
     shifts = [(2, 2), (0, 0), (-2, -2), (1, -3)]
+    soft = PatchKMeansEncoder(n_centroids=24, patch=5, encoding="soft").fit(x, seed=0)
     with torch.no_grad():
-        for s, f in zip(shifts, enc.forward_shifted(x, shifts)):
-            torch.testing.assert_close(f, enc(view(x, shift=s)), rtol=1e-4, atol=1e-4)
+        for e in (enc, soft):
+            for s, f in zip(shifts, e.forward_shifted(x, shifts)):
+                torch.testing.assert_close(f, e(view(x, shift=s)), rtol=1e-4, atol=1e-4)
     data = ArrayImages((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), np.zeros(12, np.int64))
     both = extract_views(enc, data, shifts, batch=5, flip=True)
     for s, f in zip(shifts, both):

@@ -6,7 +6,9 @@ task's images only, it never sees a later task's data. Per 6x6 patch (stride 1):
 brightness/contrast normalisation, ZCA whitening, the "triangle" activation
 ``max(0, mean_k(z) - z_k)`` with ``z_k`` the distance to centroid k; sum-pooled
 over the four image quadrants, then standardised: ``embed_dim = 4 * n_centroids``.
-The k-means itself is FAISS's.
+``encoding="soft"`` replaces the triangle by Coates & Ng's (ICML 2011) soft threshold with polarity split,
+``[max(0, d_k.w - alpha), max(0, -d_k.w - alpha)]`` over the unit-normalised centroids ``d_k``: twice the
+channels, ``embed_dim = 8 * n_centroids``. The k-means itself is FAISS's.
 """
 
 from __future__ import annotations
@@ -21,21 +23,29 @@ class PatchKMeansEncoder(nn.Module):
     """Coates-Ng features; call :meth:`fit` once before use.
 
     Args:
-        n_centroids: dictionary size K (embed_dim = 4K).
+        n_centroids: dictionary size K (embed_dim = 4K; 8K with ``encoding="soft"``).
         patch: patch side in pixels.
         in_chans: image channels.
         eps_norm, eps_zca: regularisers of the patch normalisation and the whitening.
         fit_patches: patches sampled (evenly over the images) for the whitening and k-means in :meth:`fit`
             (Coates et al. used 400,000; a registry keyword, so ``run(encoder_kw=...)`` reaches it).
+        encoding: ``"triangle"`` (Coates, Lee & Ng 2011; K channels) or ``"soft"`` (soft threshold ``alpha`` of
+            the projections on the unit-normalised centroids, both polarities: 2K channels).
+        alpha: the soft threshold.
     """
 
     def __init__(self, n_centroids: int = 400, patch: int = 6, in_chans: int = 3, eps_norm: float = 0.01,
-                 eps_zca: float = 0.1, fit_patches: int = 100_000) -> None:
+                 eps_zca: float = 0.1, fit_patches: int = 100_000, encoding: str = "triangle",
+                 alpha: float = 0.25) -> None:
         super().__init__()
+        if encoding not in ("triangle", "soft"):
+            raise ValueError(f"encoding must be 'triangle' or 'soft', got {encoding!r}")
         p = patch * patch * in_chans
         self.patch, self.n_centroids, self.eps_norm, self.eps_zca = patch, n_centroids, eps_norm, eps_zca
         self.fit_patches = int(fit_patches)
-        self.embed_dim = 4 * n_centroids
+        self.encoding, self.alpha = encoding, float(alpha)
+        self.channels = n_centroids * (2 if encoding == "soft" else 1)
+        self.embed_dim = 4 * self.channels
         self.register_buffer("mean", torch.zeros(p))
         self.register_buffer("whiten", torch.eye(p))
         self.register_buffer("centroids", torch.zeros(n_centroids, p))
@@ -68,9 +78,12 @@ class PatchKMeansEncoder(nn.Module):
         white = ((sample - self.mean) @ self.whiten).numpy().astype(np.float32)
         km = faiss.Kmeans(white.shape[1], self.n_centroids, niter=niter, seed=seed, verbose=False)
         km.train(white)
-        self.centroids.copy_(torch.from_numpy(km.centroids))
+        cent = torch.from_numpy(km.centroids)
+        if self.encoding == "soft":  # a dictionary of directions
+            cent = cent / cent.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        self.centroids.copy_(cent)
         self.fitted.fill_(True)
-        step = max(1, (1 << 25) // (pats.shape[1] * self.n_centroids))
+        step = max(1, (1 << 25) // (pats.shape[1] * self.channels))
         feats = torch.cat([self._pooled(images[i:i + step]) for i in range(0, len(images), step)])
         self.feat_mean.copy_(feats.mean(0))
         self.feat_std.copy_(feats.std(0).clamp(min=1e-3))
@@ -83,8 +96,11 @@ class PatchKMeansEncoder(nn.Module):
         return (self._patches(x) - self.mean) @ self.whiten
 
     def activation_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, K) triangle activations, one row per patch position."""
+        """(B, L, K) triangle activations (``(B, L, 2K)`` soft-threshold ones), one row per patch position."""
         w = self._whitened(x)
+        if self.encoding == "soft":
+            z = w @ self.centroids.T
+            return torch.cat([torch.relu(z - self.alpha), torch.relu(-z - self.alpha)], -1)
         z = torch.cdist(w, self.centroids.unsqueeze(0).expand(w.shape[0], -1, -1))  # (B, L, K)
         return torch.relu(z.mean(-1, keepdim=True) - z)
 
@@ -94,14 +110,14 @@ class PatchKMeansEncoder(nn.Module):
         f = self.activation_map(x)  # (B, L, K)
         side = int(round(f.shape[1] ** 0.5))
         f = f.transpose(1, 2).reshape(x.shape[0], -1, side, side)
-        return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4K), quadrant pooling
+        return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4C), quadrant pooling
 
     def _pooled_inplace(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_pooled` without autograd, ~2x faster on a CPU (see :meth:`_pooled_windows`)."""
         return self._pooled_windows(x, [(0, 0)])[0]
 
     def _pooled_windows(self, x: torch.Tensor, origins, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(S, B, 4K) quadrant-pooled activations of S windows of one activation map of ``x``: window s covers
+        """(S, B, 4C) quadrant-pooled activations of S windows of one activation map of ``x``: window s covers
         the ``size`` (rows, cols; default the whole map) positions from ``origins[s]`` (row, col).
 
         One image's (L, K) distances at a time in one reused buffer (a fresh 5 MB tensor per step costs more
@@ -110,19 +126,25 @@ class PatchKMeansEncoder(nn.Module):
         windows cost ~1x the ``addmm``, 3 windows ~0.15x)."""
         w = self._whitened(x)
         B, L, P = w.shape
-        c, K = self.centroids, self.n_centroids
+        c, K, C = self.centroids, self.n_centroids, self.channels
         cc, ww = (c * c).sum(1), (w * w).sum(-1, keepdim=True)
+        soft = self.encoding == "soft"
         rows, cols = x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1
         h, v = size or (rows, cols)
         # adaptive_avg_pool2d(., 2)'s (overlapping) halves of an h x v window
         cells = [(a0, a1, b0, b1) for a0, a1 in [(0, -(-h // 2)), (h // 2, h)] for b0, b1 in [(0, -(-v // 2)), (v // 2, v)]]
-        out = w.new_empty(len(origins), B, K, len(cells))
-        z = w.new_empty(L, K)
+        out = w.new_empty(len(origins), B, C, len(cells))
+        z = w.new_empty(L, C)
         for i in range(B):
-            torch.addmm(cc, w[i], c.T, alpha=-2.0, out=z)
-            z.add_(ww[i]).clamp_(min=0).sqrt_()              # distances to the centroids
-            z.sub_(z.mean(1, keepdim=True)).neg_().clamp_(min=0)  # triangle: max(0, mean_k z - z_k)
-            f = z.view(rows, cols, K)
+            if soft:  # [max(0, d.w - alpha), max(0, -d.w - alpha)]
+                torch.mm(w[i], c.T, out=z[:, :K])
+                torch.neg(z[:, :K], out=z[:, K:])
+                z.sub_(self.alpha).clamp_(min=0)
+            else:
+                torch.addmm(cc, w[i], c.T, alpha=-2.0, out=z)
+                z.add_(ww[i]).clamp_(min=0).sqrt_()              # distances to the centroids
+                z.sub_(z.mean(1, keepdim=True)).neg_().clamp_(min=0)  # triangle: max(0, mean_k z - z_k)
+            f = z.view(rows, cols, C)
             strips = {}  # each distinct band of rows summed once (contiguous), then each cell's columns of it
             for s, (r, q) in enumerate(origins):
                 for j, (a0, a1, b0, b1) in enumerate(cells):
@@ -144,21 +166,21 @@ class PatchKMeansEncoder(nn.Module):
         xp = F.pad(x, (m, m, m, m), mode="reflect") if m else x
         size = (x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1)
         origins = [(m - dy, m - dx) for dx, dy in shifts]
-        step = max(1, (1 << 25) // ((size[0] + 2 * m) * (size[1] + 2 * m) * self.n_centroids))
+        step = max(1, (1 << 25) // ((size[0] + 2 * m) * (size[1] + 2 * m) * self.channels))
         out = torch.cat([self._pooled_windows(xp[s:s + step], origins, size) for s in range(0, len(x), step)], 1)
         return list((out - self.feat_mean) / self.feat_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, 4K), a few images at a time: at most ~32M distances live at once.
+        """(B, C, H, W) -> (B, embed_dim), a few images at a time: at most ~32M distances live at once.
 
         Differentiable in ``x`` (the encoder contract); callers that only encode wrap it in
         ``torch.inference_mode()``, as feature extraction does."""
         positions = (x.shape[-2] - self.patch + 1) * (x.shape[-1] - self.patch + 1)
-        step = max(1, (1 << 25) // (positions * self.n_centroids))
+        step = max(1, (1 << 25) // (positions * self.channels))
         out = [self._pooled(x[s:s + step]) for s in range(0, len(x), step)]
         return (torch.cat(out) - self.feat_mean) / self.feat_std
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, embed_dim): the pooled descriptor as the single token (the per-position map is
-        :meth:`activation_map`, K wide rather than embed_dim)."""
+        :meth:`activation_map`, C wide rather than embed_dim)."""
         return self.forward(x).unsqueeze(1)
