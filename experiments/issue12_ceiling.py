@@ -41,7 +41,8 @@ def main() -> None:
                     "(s, s) and (-s, -s) (and their mirrors with --flip) and the others (TrainConfig.shift_views)")
     ap.add_argument("--holdout", type=float, default=0.1, help="fraction of the training rows scored")
     ap.add_argument("--mean-only", action="store_true", help="with --flip: only the views' mean (TrainConfig."
-                    "mirror_views), not the mirrors added to the statistics")
+                    "mirror_views), not the mirrors added to the statistics; with --shift: only SLDA on the mean "
+                    "of all views, summed view by view (memory for one view, not six)")
     ap.add_argument("--root", default=None)
     ap.add_argument("--cache-dir", default="indices")
     ap.add_argument("--out", default="runs/issue12")
@@ -51,7 +52,7 @@ def main() -> None:
     from memret.incremental import TrainConfig, make_tasks
     from memret.incremental.analytic import holdout_rows
     from memret.incremental.data import load_dataset
-    from memret.incremental.run import cached_views, feature_cache_file
+    from memret.incremental.run import cached_views, feature_cache_file, mean_views
     from memret.persist import atomic_write
 
     kw = json.loads(args.encoder_kw)
@@ -60,16 +61,25 @@ def main() -> None:
     cache = feature_cache_file(data, args.encoder, kw, args.tasks, args.order, args.order, args.cache_dir)
     stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
     # as run() reads or makes them, so the caches serve later run() calls too
-    views = cached_views(data, args.encoder, kw, stream[0], args.order, cache, mirror=args.flip, shift=args.shift)
-    X, Xm = views[0][0], (views[1][0] if args.flip else None)
-    everything = sum(v[0] for v in views) / len(views) if args.shift else None
+    if args.shift and args.mean_only:  # only the views' mean, summed view by view (bounded memory)
+        everything = mean_views(data, args.encoder, kw, stream[0], args.order, cache, mirror=args.flip,
+                                shift=args.shift)[0]
+        X = Xm = None
+        n_views = (2 if args.flip else 1) * 3
+    else:
+        views = cached_views(data, args.encoder, kw, stream[0], args.order, cache, mirror=args.flip, shift=args.shift)
+        X, Xm = views[0][0], (views[1][0] if args.flip else None)
+        everything = sum(v[0] for v in views) / len(views) if args.shift else None
+        n_views = len(views)
     rows = np.arange(len(ytr))
     val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (a different hash from run()'s)
     inner = holdout_rows(rows[~val], args.order)              # the heads' own choice, as in run()
-    Xf, yf, Xv, yv = X[~val], ytr[~val], X[val], ytr[val]
-    res = {"encoder": args.encoder, "encoder_kw": kw, "dim": int(X.shape[1]), "order": args.order,
+    yf, yv = ytr[~val], ytr[val]
+    Xf, Xv = (X[~val], X[val]) if X is not None else (None, None)
+    res = {"encoder": args.encoder, "encoder_kw": kw, "dim": int((X if X is not None else everything).shape[1]),
+           "order": args.order,
            "train_rows": int((~val).sum()), "validation_rows": int(val.sum()), "heads": {}}
-    for M in args.projection:
+    for M in args.projection if X is not None else []:
         t0 = time.perf_counter()
         head = RanPAC(10, projection=M, seed=args.order).fit_task(Xf, yf, holdout=inner)
         acc = float((head.predict(Xv) == yv).mean())
@@ -77,7 +87,7 @@ def main() -> None:
         res["heads"][name] = {"validation_accuracy": acc, "ridge": head.lam, "seconds": time.perf_counter() - t0}
         print(f"{name:<28} validation {100 * acc:.2f}  ridge {head.lam:.3g}  {time.perf_counter() - t0:.0f}s",
               flush=True)
-    for M in args.slda_projection if args.slda else []:
+    for M in args.slda_projection if args.slda and X is not None else []:
         proj = RanPAC(10, projection=M, seed=args.order)
         proj._init(X.shape[1])
         views = [X] if Xm is None else [X, Xm]
@@ -114,7 +124,7 @@ def main() -> None:
         head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(
             everything[~val], yf, holdout=inner)
         acc = float((head.predict(everything[val]) == yv).mean())
-        name = f"slda on the mean of {len(views)} views (shift {args.shift})"
+        name = f"slda on the mean of {n_views} views (shift {args.shift})"
         res["heads"][name] = {"validation_accuracy": acc, "shrinkage": head.shrinkage}
         print(f"{name:<28} validation {100 * acc:.2f}  shrinkage {head.shrinkage:g}  {time.perf_counter() - t0:.0f}s",
               flush=True)

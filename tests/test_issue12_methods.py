@@ -316,6 +316,27 @@ def test_shift_views_make_every_feature_the_mean_over_the_translated_and_mirrore
             config=replace(FAST, shift_views=2), out=tmp_path / "t", plot=False, cache_dir=tmp_path)
 
 
+def test_mean_views_sums_the_views_as_cached_views_reads_them(tmp_path):
+    """mean_views (what run() reads with mirror_views / shift_views) is the mean of cached_views' six views,
+    both when it encodes and caches them and when it reads them back (a registry encoder: the cache is used)."""
+    from memret.incremental.run import cached_views, feature_cache_file, mean_views
+
+    data = tiny_data()
+    kw = {"n_centroids": 4, "patch": 3, "fit_patches": 500, "encoding": "soft"}
+    first = make_tasks(data.train.targets, data.test.targets, 2, 1)[0]
+    f = feature_cache_file(data, "kmeans_patches", kw, 2, 1, 7, tmp_path)
+    encoded = mean_views(data, "kmeans_patches", kw, first, 7, f, mirror=True, shift=1)
+    assert len(list(tmp_path.glob("features-*.npz"))) == 6
+    views = cached_views(data, "kmeans_patches", kw, first, 7, f, mirror=True, shift=1)   # read from the cache
+    assert len(views) == 6 and views[0][0].shape == (len(data.train.targets), 32)
+    read = mean_views(data, "kmeans_patches", kw, first, 7, f, mirror=True, shift=1)
+    for i in (0, 1):
+        expect = sum(v[i] for v in views) / 6
+        np.testing.assert_allclose(encoded[i], expect, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(read[i], expect, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(views[0][i], expect, atol=1e-3)   # the views differ: the mean is not one of them
+
+
 def test_cli_passes_encoder_kw_and_mirror_views_to_run(monkeypatch):
     import importlib
 

@@ -40,7 +40,8 @@ from memret.metrics import summarize
 from memret.persist import atomic_write
 
 log = logging.getLogger(__name__)
-__all__ = ["MethodResult", "RunResult", "cached_views", "extract_features", "feature_cache_file", "plot_accuracy", "run"]
+__all__ = ["MethodResult", "RunResult", "cached_views", "extract_features", "feature_cache_file", "mean_views",
+           "plot_accuracy", "run"]
 
 
 @dataclass
@@ -181,11 +182,9 @@ def run(
         def representation():
             return TrainedEncoder(enc, data, data.n_classes, cfg, init_seed, device)
     else:
-        arrays = cached_views(data, encoder, encoder_kw, stream[0], init_seed, feat_file, cfg.mirror_views,
-                              device, write=main, shift=cfg.shift_views)
         # mirror_views / shift_views: each image's feature is the mean of its views' (flip- and shift-invariant)
-        Ftr, Fte = (arrays[0] if len(arrays) == 1 else
-                    tuple(sum(a[i] for a in arrays) / len(arrays) for i in (0, 1)))
+        Ftr, Fte = mean_views(data, encoder, encoder_kw, stream[0], init_seed, feat_file, cfg.mirror_views,
+                              device, write=main, shift=cfg.shift_views)
 
         def representation():
             return FrozenFeatures(Ftr, Fte)
@@ -234,10 +233,42 @@ def cached_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw:
     fit up to float noise (measured: features within 0.015, unit variance). The translated views of one flip
     are encoded together (:func:`~memret.incremental.features.extract_views`).
     """
+    views = dict(_views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, device, write, shift))
+    return [views[flip, s] for flip, s in _view_keys(mirror, shift)]
+
+
+def mean_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw: dict, first, init_seed: int,
+               feat_file: Path, mirror: bool = False, device: str = "cpu", write: bool = True,
+               shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The mean over :func:`cached_views`' views (``TrainConfig.mirror_views`` / ``shift_views``), summed as each
+    view is read or encoded: one view (or one flip's encoded group) in memory beside the sum, not all six
+    (six views of 60,000 CIFAR images at 12,800 dimensions would be 18 GB)."""
+    total, n = None, 0
+    for _, (tr, te) in _views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, device, write, shift):
+        if total is None:
+            total = [tr.astype(np.float32, copy=True), te.astype(np.float32, copy=True)]
+        else:
+            total[0] += tr
+            total[1] += te
+        n += 1
+    if n > 1:
+        total[0] /= n
+        total[1] /= n
+    return total[0], total[1]
+
+
+def _view_keys(mirror: bool, shift: int) -> list[tuple[bool, tuple[int, int]]]:
+    flips = [False, True] if mirror else [False]
+    shifts = [(0, 0)] + ([(shift, shift), (-shift, -shift)] if shift else [])
+    return [(flip, s) for s in shifts for flip in flips]
+
+
+def _views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, device, write, shift):
+    """Yield ``((flip, shift), (train, test))`` for every view, read from its cache or encoded (one flip's
+    missing views together) and cached; see :func:`cached_views`."""
     enc = None
     flips = [False, True] if mirror else [False]
     shifts = [(0, 0)] + ([(shift, shift), (-shift, -shift)] if shift else [])
-    views = {}
     for flip in flips:
         files = {s: feat_file.with_name(feat_file.stem + ("-hflip" if flip else "") +
                                         (f"-dx{s[0]}dy{s[1]}" if s != (0, 0) else "") + ".npz") for s in shifts}
@@ -245,7 +276,7 @@ def cached_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw:
         for s in shifts:
             if s not in todo:
                 cached = np.load(files[s], allow_pickle=False)
-                views[flip, s] = (cached["train"], cached["test"])
+                yield (flip, s), (cached["train"], cached["test"])
         if not todo:
             continue
         if enc is None:
@@ -259,8 +290,8 @@ def cached_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw:
             if write:
                 files[s].parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(files[s], lambda f: np.savez(f, train=tr, test=te))
-            views[flip, s] = (tr, te)
-    return [views[flip, s] for s in shifts for flip in flips]
+            yield (flip, s), (tr, te)
+        del F
 
 
 def _is_main() -> bool:
