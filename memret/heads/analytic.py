@@ -371,7 +371,8 @@ class SLDA(_AnalyticHead):
         else:
             S = (1 - self.shrinkage) * cov
             S.diagonal().add_(self.shrinkage)
-        P = torch.linalg.solve(S, mu.T)  # (D, C) = Lambda mu
+        L, info = torch.linalg.cholesky_ex(S)  # S is positive definite: half an LU's cost (12,800-d: ~20 s a core)
+        P = torch.cholesky_solve(mu.T.contiguous(), L) if int(info) == 0 else torch.linalg.solve(S, mu.T)  # Lambda mu
         self.weight = P.float()
         self.bias = (-0.5 * (mu.T * P).sum(0)).float()
 
