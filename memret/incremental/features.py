@@ -71,17 +71,24 @@ def extract_views(encoder: torch.nn.Module, data, shifts, batch: int = 256, devi
     encoder.eval().to(device)
     shifts = [tuple(s) for s in shifts]
     shared = hasattr(encoder, "forward_shifted") and len(shifts) > 1   # one view: no padding needed
-    parts = []
+    mine_out, pos = None, 0   # each view's rows written in place: no list of batches to concatenate (2x memory)
     for x in tqdm(batches(data, mine, batch), total=-(-len(mine) // batch), desc=desc,
                   disable=rank != 0 or len(mine) < 4 * batch, leave=False):
         x = view(x, flip).to(device)
         outs = encoder.forward_shifted(x, shifts) if shared else [encoder(view(x, shift=s)) for s in shifts]
-        parts.append([o.float().cpu().numpy() for o in outs])
+        if mine_out is None:
+            mine_out = [np.empty((len(mine), o.shape[1]), np.float32) for o in outs]
+        for buf, o in zip(mine_out, outs):
+            buf[pos:pos + len(o)] = o.float().cpu().numpy()
+        pos += len(x)
+    if mine_out is not None and pos != len(mine):
+        raise RuntimeError(f"encoded {pos} rows of {len(mine)}")
+    if mine_out is None:
+        mine_out = [np.empty((0, encoder.embed_dim), np.float32) for _ in shifts]
     result = []
-    for v in range(len(shifts)):
-        out_mine = np.concatenate([p[v] for p in parts]) if parts else np.empty((0, encoder.embed_dim), np.float32)
+    for out_mine in mine_out:
         if world == 1:
-            result.append(out_mine.astype(np.float32))
+            result.append(out_mine)
             continue
         gathered = [None] * world
         dist.all_gather_object(gathered, out_mine)

@@ -291,7 +291,7 @@ def _views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, devic
                 files[s].parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(files[s], lambda f: np.savez(f, train=tr, test=te))
             yield (flip, s), (tr, te)
-        del F
+        F = tr = te = None  # before the next flip's views are encoded
 
 
 def _is_main() -> bool:
