@@ -243,8 +243,12 @@ def mean_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw: d
     """The mean over :func:`cached_views`' views (``TrainConfig.mirror_views`` / ``shift_views``), summed as each
     view is read or encoded: one view (or one flip's encoded group) in memory beside the sum, not all six
     (six views of 60,000 CIFAR images at 12,800 dimensions would be 18 GB)."""
+    views = _views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, device, write, shift)
+    if len(_view_keys(mirror, shift)) == 1:  # one view: the arrays as read or encoded, no copy
+        (_, (tr, te)), = views
+        return tr, te
     total, n = None, 0
-    for _, (tr, te) in _views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, device, write, shift):
+    for _, (tr, te) in views:
         if total is None:
             total = [tr.astype(np.float32, copy=True), te.astype(np.float32, copy=True)]
         else:
@@ -267,8 +271,8 @@ def _views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, devic
     """Yield ``((flip, shift), (train, test))`` for every view, read from its cache or encoded (one flip's
     missing views together) and cached; see :func:`cached_views`."""
     enc = None
-    flips = [False, True] if mirror else [False]
-    shifts = [(0, 0)] + ([(shift, shift), (-shift, -shift)] if shift else [])
+    keys = _view_keys(mirror, shift)
+    flips, shifts = sorted({f for f, _ in keys}), list(dict.fromkeys(s for _, s in keys))
     for flip in flips:
         files = {s: feat_file.with_name(feat_file.stem + ("-hflip" if flip else "") +
                                         (f"-dx{s[0]}dy{s[1]}" if s != (0, 0) else "") + ".npz") for s in shifts}
