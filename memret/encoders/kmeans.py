@@ -127,8 +127,9 @@ class PatchKMeansEncoder(nn.Module):
         w = self._whitened(x)
         B, L, P = w.shape
         c, K, C = self.centroids, self.n_centroids, self.channels
-        cc, ww = (c * c).sum(1), (w * w).sum(-1, keepdim=True)
         soft = self.encoding == "soft"
+        if not soft:  # the squared norms of the distances' expansion
+            cc, ww = (c * c).sum(1), (w * w).sum(-1, keepdim=True)
         rows, cols = x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1
         h, v = size or (rows, cols)
         # adaptive_avg_pool2d(., 2)'s (overlapping) halves of an h x v window

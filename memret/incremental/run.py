@@ -244,26 +244,26 @@ def mean_views(data: LabelledData, encoder: str | torch.nn.Module, encoder_kw: d
     view is read or encoded: one view (or one flip's encoded group) in memory beside the sum, not all six
     (six views of 60,000 CIFAR images at 12,800 dimensions would be 18 GB)."""
     views = _views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, device, write, shift)
-    if len(_view_keys(mirror, shift)) == 1:  # one view: the arrays as read or encoded, no copy
-        (_, (tr, te)), = views
+    n = len(_view_keys(mirror, shift))
+    _, (tr, te) = next(views)
+    if n == 1:  # one view: the arrays as read or encoded, no copy
         return tr, te
-    total, n = None, 0
+    total = [tr.astype(np.float32, copy=True), te.astype(np.float32, copy=True)]
     for _, (tr, te) in views:
-        if total is None:
-            total = [tr.astype(np.float32, copy=True), te.astype(np.float32, copy=True)]
-        else:
-            total[0] += tr
-            total[1] += te
-        n += 1
-    if n > 1:
-        total[0] /= n
-        total[1] /= n
+        total[0] += tr
+        total[1] += te
+    total[0] /= n
+    total[1] /= n
     return total[0], total[1]
 
 
+def _view_axes(mirror: bool, shift: int) -> tuple[list[bool], list[tuple[int, int]]]:
+    """The flips and the translations whose every pair is a view."""
+    return [False, True] if mirror else [False], [(0, 0)] + ([(shift, shift), (-shift, -shift)] if shift else [])
+
+
 def _view_keys(mirror: bool, shift: int) -> list[tuple[bool, tuple[int, int]]]:
-    flips = [False, True] if mirror else [False]
-    shifts = [(0, 0)] + ([(shift, shift), (-shift, -shift)] if shift else [])
+    flips, shifts = _view_axes(mirror, shift)
     return [(flip, s) for s in shifts for flip in flips]
 
 
@@ -271,8 +271,7 @@ def _views(data, encoder, encoder_kw, first, init_seed, feat_file, mirror, devic
     """Yield ``((flip, shift), (train, test))`` for every view, read from its cache or encoded (one flip's
     missing views together) and cached; see :func:`cached_views`."""
     enc = None
-    keys = _view_keys(mirror, shift)
-    flips, shifts = sorted({f for f, _ in keys}), list(dict.fromkeys(s for _, s in keys))
+    flips, shifts = _view_axes(mirror, shift)
     for flip in flips:
         files = {s: feat_file.with_name(feat_file.stem + ("-hflip" if flip else "") +
                                         (f"-dx{s[0]}dy{s[1]}" if s != (0, 0) else "") + ".npz") for s in shifts}
