@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--mean-only", action="store_true", help="with --flip: only the views' mean (TrainConfig."
                     "mirror_views), not the mirrors added to the statistics; with --shift: only SLDA on the mean "
                     "of all views, summed view by view (memory for one view, not six)")
+    ap.add_argument("--power", type=float, nargs="+", default=[1.0], help="with --shift: SLDA on the views' mean "
+                    "raised to each power (signed; 0.5 is the square root of power normalisation)")
     ap.add_argument("--root", default=None)
     ap.add_argument("--cache-dir", default="indices")
     ap.add_argument("--out", default="runs/issue12")
@@ -119,15 +121,17 @@ def main() -> None:
                 acc2 = float((np.argmax(head.scores(P[0][val]) + head.scores(P[1][val]), 1) == yv).mean())
                 res["heads"][name + ", both views scored"] = {"validation_accuracy": acc2, "shrinkage": shrinkage}
                 print(f"{name + ', both views scored':<28} validation {100 * acc2:.2f}", flush=True)
-    if everything is not None:  # TrainConfig.shift_views: the mean over every view, fitted and scored
+    for p in args.power if everything is not None else []:  # TrainConfig.shift_views: the mean over every view
         t0 = time.perf_counter()
-        head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(
-            everything[~val], yf, holdout=inner)
-        acc = float((head.predict(everything[val]) == yv).mean())
-        name = f"slda on the mean of {n_views} views (shift {args.shift})"
-        res["heads"][name] = {"validation_accuracy": acc, "shrinkage": head.shrinkage}
+        F = everything if p == 1 else np.sign(everything) * np.abs(everything) ** np.float32(p)
+        head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(F[~val], yf, holdout=inner)
+        acc = float((head.predict(F[val]) == yv).mean())
+        name = f"slda on the mean of {n_views} views (shift {args.shift})" + (f", power {p:g}" if p != 1 else "")
+        res["heads"][name] = {"validation_accuracy": acc, "shrinkage": head.shrinkage, "power": p,
+                              "seconds": time.perf_counter() - t0}
         print(f"{name:<28} validation {100 * acc:.2f}  shrinkage {head.shrinkage:g}  {time.perf_counter() - t0:.0f}s",
               flush=True)
+        del F
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = ("-flip" if args.flip else "") + (f"-shift{args.shift}" if args.shift else "")
