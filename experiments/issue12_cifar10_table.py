@@ -34,7 +34,7 @@ def run_order(order: int, methods: list[str], out: Path, cache_dir: str, cfg_kw:
               encoder: str = ENCODER, encoder_kw: dict | None = None, together: bool = False) -> None:
     """One ``run()`` call per method (``wall.json``: that call's wall time), or with ``together`` one call per group
     of methods that share a config: the features are read or encoded once for the group (six 12,800-d views are
-    18 GB to read), and ``wall.json`` holds the method's own seconds (its tasks and evaluation) and the group's."""
+    18 GB to read), and ``wall.json`` holds the method's own seconds (learning its tasks) and the group's."""
     todo = []
     for m in methods:
         if (out / f"order-{order}" / (m + tag) / "results.json").is_file():
