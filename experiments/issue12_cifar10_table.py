@@ -41,12 +41,12 @@ def run_order(order: int, methods: list[str], out: Path, cache_dir: str, cfg_kw:
             print(f"order {order} {m}{tag}: done already", flush=True)
         else:
             todo.append(m)
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, tuple[dict, list[str]]] = {}
     for m in todo:
-        kw = json.dumps({**PER_METHOD.get(m, {}), **cfg_kw}, sort_keys=True)
-        groups.setdefault(kw + ("" if together else m), []).append(m)
-    for ms in groups.values():
-        _run_group(order, ms, out, cache_dir, {**PER_METHOD.get(ms[0], {}), **cfg_kw}, tag, encoder, encoder_kw)
+        kw = {**PER_METHOD.get(m, {}), **cfg_kw}
+        groups.setdefault(json.dumps(kw, sort_keys=True) + ("" if together else m), (kw, []))[1].append(m)
+    for kw, ms in groups.values():
+        _run_group(order, ms, out, cache_dir, kw, tag, encoder, encoder_kw)
 
 
 def _run_group(order, ms, out, cache_dir, kw, tag, encoder, encoder_kw) -> None:
@@ -57,14 +57,13 @@ def _run_group(order, ms, out, cache_dir, kw, tag, encoder, encoder_kw) -> None:
     res = run("cifar10", tasks=5, method=ms, encoder=encoder, encoder_kw=encoder_kw, memory=2000, seed=order,
               out=dest, cache_dir=cache_dir, config=TrainConfig(**kw))
     wall = time.perf_counter() - t0
+    full = json.loads((dest / "results.json").read_text()) if len(ms) > 1 else None
     for m in ms:
         s = res.methods[m].summary
         mdir = out / f"order-{order}" / (m + tag)
         mdir.mkdir(parents=True, exist_ok=True)
-        if mdir != dest:  # the group's results.json holds every method; each method's folder its own
-            full = json.loads((dest / "results.json").read_text())
-            full["methods"] = {m: full["methods"][m]}
-            (mdir / "results.json").write_text(json.dumps(full, indent=2))
+        if full is not None:  # the group's results.json holds every method; each method's folder its own
+            (mdir / "results.json").write_text(json.dumps(full | {"methods": {m: full["methods"][m]}}, indent=2))
         info = {"wall_s": wall if len(ms) == 1 else float(sum(res.methods[m].task_seconds)),
                 "method": m, "order": order, "cfg": kw, "threads": os.environ.get("MEMRET_THREADS")}
         if len(ms) > 1:
