@@ -109,6 +109,37 @@ def test_slda_auto_after_a_stream_equals_the_joint_head_and_choice(order):
     assert len(set(chosen)) > 1 or chosen[0] == joint.shrinkage   # re-chosen as the stream grows
 
 
+def test_slda_descent_search_makes_the_grids_choice_after_every_task_with_fewer_factorisations():
+    # correlated noise in 80 dimensions, 80 samples a task: the choice falls as the stream grows
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(80, 80)) * np.logspace(0, -1, 80)[:, None]
+    centres = rng.normal(0, 1, (10, 80))
+    X = np.concatenate([c + 2.0 * rng.normal(size=(40, 80)) @ mix for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(10), 40)
+    holdout = np.random.default_rng(4).random(len(y)) < 0.25
+    heads = {s: SLDA(10, shrinkage="auto", search=s) for s in ("grid", "descent")}
+    reads = {s: 0 for s in heads}
+    for name, head in heads.items():
+        original = head.held_out_error
+
+        def counted(*a, _f=original, _n=name, **k):
+            reads[_n] += 1
+            return _f(*a, **k)
+
+        head.held_out_error = counted
+    chosen = []
+    for rows, Xt, yt in _stream(X, y, [7, 2, 9, 0, 4, 1, 8, 3, 6, 5]):
+        for head in heads.values():
+            head.fit_task(Xt, yt, holdout=holdout[rows])
+        assert heads["descent"].shrinkage == heads["grid"].shrinkage
+        np.testing.assert_array_equal(heads["descent"].weight.numpy(), heads["grid"].weight.numpy())
+        chosen.append(heads["grid"].shrinkage)
+    assert len(set(chosen)) >= 3   # the choice moved along the stream (0.3, 1e-4, 3e-4 here)
+    assert reads["grid"] == 5 * 8 and reads["descent"] < reads["grid"]   # 21 here; ~3 a task when it moves one step
+    with pytest.raises(ValueError, match="search"):
+        SLDA(3, shrinkage="auto", search="golden")
+
+
 @pytest.mark.parametrize("make", [lambda: RanPAC(4, projection=128, seed=0), lambda: RanPAC(4, projection=0),
                                   lambda: SLDA(4, shrinkage=1e-2)])
 def test_analytic_heads_separate_separable_toy_data(make):

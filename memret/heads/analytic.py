@@ -234,12 +234,17 @@ class SLDA(_AnalyticHead):
             is then solved on all samples, held-out ones included).
         seed: seeds the default held-out draw.
         chunk: rows per matrix product.
+        search: how ``"auto"`` reads the grid: ``"descent"`` from the last task's choice, or every point
+            (``"grid"``); see :meth:`choose_shrinkage`.
     """
 
     def __init__(self, n_classes: int, shrinkage: float | str = 1e-4,
                  shrinkages: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3),
-                 holdout: float = 0.2, seed: int = 0, chunk: int = 4096) -> None:
+                 holdout: float = 0.2, seed: int = 0, chunk: int = 4096, search: str = "descent") -> None:
         super().__init__(n_classes, chunk)
+        if search not in ("grid", "descent"):
+            raise ValueError(f"search must be 'grid' or 'descent', got {search!r}")
+        self.search = search
         self.auto = shrinkage == "auto"
         if not self.auto and not (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1):
             raise ValueError(f"shrinkage must lie in [0, 1] or be 'auto', got {shrinkage!r}")
@@ -348,12 +353,33 @@ class SLDA(_AnalyticHead):
         return float((tail.sum(1) * n_h).sum() / m)
 
     def choose_shrinkage(self) -> float:
-        """The shrinkage in ``shrinkages`` with the least :meth:`held_out_error` (the first of ties)."""
+        """The shrinkage in ``shrinkages`` with the least :meth:`held_out_error` (the first of ties).
+
+        ``search="grid"`` reads the error at every grid point. ``"descent"`` walks the sorted grid from the last
+        task's choice towards lower error and stops where it rises: the same choice whenever the error is
+        unimodal along the grid, in ~3 Cholesky factorisations instead of ``len(shrinkages)`` (each ~10 s on two
+        cores at 12,800 dimensions).
+        """
         if float(self.counts_h.sum()) == 0 or float(self.counts.sum()) == 0:  # nothing held out (tiny task)
             return self.shrinkages[len(self.shrinkages) // 2]
         fitted = self._moments(self.sums, self.counts, self.second)
-        errs = [self.held_out_error(s, fitted) for s in self.shrinkages]
-        return self.shrinkages[int(np.argmin(errs))]
+        if self.search == "grid":
+            errs = [self.held_out_error(s, fitted) for s in self.shrinkages]
+            return self.shrinkages[int(np.argmin(errs))]
+        grid = sorted(self.shrinkages)
+        errs: dict[int, float] = {}
+
+        def err(i: int) -> float:
+            if i not in errs:
+                errs[i] = self.held_out_error(grid[i], fitted) if 0 <= i < len(grid) else np.inf
+            return errs[i]
+
+        # self.tasks already counts the task being added: a previous choice exists from the second task on
+        i = grid.index(self.shrinkage) if self.tasks > 1 and self.shrinkage in grid else len(grid) // 2
+        step = -1 if err(i - 1) <= err(i) else 1  # ties towards the smaller shrinkage, as the grid's argmin
+        while err(i + step) < err(i) or (step == -1 and err(i + step) == err(i)):
+            i += step
+        return grid[i]
 
     def set_shrinkage(self, shrinkage: float) -> "SLDA":
         """Re-solve the discriminant with another shrinkage in (0, 1] (the statistics are kept)."""
