@@ -140,6 +140,19 @@ def test_slda_descent_search_makes_the_grids_choice_after_every_task_with_fewer_
         SLDA(3, shrinkage="auto", search="golden")
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_slda_discriminant_factorises_in_place_and_falls_back_to_lu(overwrite):
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(30, 30))
+    mu = torch.from_numpy(rng.normal(size=(4, 30)))
+    for cov in (A @ A.T / 30, np.diag(np.r_[-5.0, np.ones(29)])):   # positive definite, then not
+        S = (1 - 0.1) * cov + 0.1 * np.eye(30)
+        c = torch.from_numpy(cov.copy())
+        P = SLDA._discriminant(c, mu, 0.1, overwrite, rebuild=lambda: torch.from_numpy(cov.copy()))
+        np.testing.assert_allclose(P.numpy(), np.linalg.solve(S, mu.numpy().T), rtol=1e-9, atol=1e-12)
+        assert overwrite or np.array_equal(c.numpy(), cov)   # kept unless overwritten
+
+
 @pytest.mark.parametrize("make", [lambda: RanPAC(4, projection=128, seed=0), lambda: RanPAC(4, projection=0),
                                   lambda: SLDA(4, shrinkage=1e-2)])
 def test_analytic_heads_separate_separable_toy_data(make):

@@ -271,9 +271,15 @@ class SLDA(_AnalyticHead):
         return self.sums + self.sums_h, self.counts + self.counts_h, self.second + self.second_h
 
     @staticmethod
-    def _moments(sums, counts, second) -> tuple[torch.Tensor, torch.Tensor]:
+    def _moments(sums, counts, second, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class means and pooled covariance; ``inplace``: the covariance overwrites ``second`` (a fresh total).
+
+        One (D, D) allocation at most (``addmm``, no temporaries): at 16,000 dimensions each is 2 GB."""
         mu = sums / counts.clamp(min=1).unsqueeze(1)
-        return mu, (second - (mu.T * counts) @ mu) / counts.sum().clamp(min=1)
+        n = float(counts.sum().clamp(min=1))
+        if inplace:
+            return mu, second.addmm_(mu.T * counts, mu, alpha=-1).div_(n)
+        return mu, torch.addmm(second, mu.T * counts, mu, alpha=-1).div_(n)
 
     @property
     def means(self) -> torch.Tensor:
@@ -333,10 +339,7 @@ class SLDA(_AnalyticHead):
         """
         seen = self.seen & (self.counts > 0)
         mu, cov = fitted or self._moments(self.sums, self.counts, self.second)
-        S = (1 - shrinkage) * cov
-        S.diagonal().add_(shrinkage)
-        L, info = torch.linalg.cholesky_ex(S)
-        P = torch.cholesky_solve(mu[seen].T.contiguous(), L) if int(info) == 0 else torch.linalg.solve(S, mu[seen].T)
+        P = self._discriminant(cov, mu[seen], shrinkage, overwrite=False)
         b = -0.5 * (mu[seen].T * P).sum(0)
         n_h = self.counts_h[seen]
         m = float(n_h.sum())
@@ -390,15 +393,33 @@ class SLDA(_AnalyticHead):
         self._solve()
         return self
 
+    @staticmethod
+    def _discriminant(cov: torch.Tensor, mu: torch.Tensor, shrinkage: float, overwrite: bool,
+                      rebuild=None) -> torch.Tensor:
+        """(D, k) ``((1 - s) cov + s I)^-1 mu^T``; ``overwrite``: ``cov`` is shrunk and factorised in place (its
+        contents are lost; ``rebuild()`` must then return it again, for the LU fallback).
+
+        One (D, D) buffer beside ``cov`` at most (none with ``overwrite``): at 16,000 dimensions each is 2 GB."""
+        S = cov.mul_(1 - shrinkage) if overwrite else cov.mul(1 - shrinkage)
+        S.diagonal().add_(shrinkage)
+        # S is positive definite: Cholesky, half an LU's cost (12,800-d: ~20 s a core), factorised in place
+        L, info = torch.linalg.cholesky_ex(S, out=(S, torch.empty((), dtype=torch.int32)))
+        if int(info) == 0:
+            return torch.cholesky_solve(mu.T.contiguous(), L)
+        S = (rebuild() if overwrite else cov).mul(1 - shrinkage)  # not positive definite in floating point: LU
+        S.diagonal().add_(shrinkage)
+        return torch.linalg.solve(S, mu.T)
+
     def _solve(self) -> None:
-        mu, cov = self._moments(*self._totals())
         if self.shrinkage == 1:
-            S = torch.eye(self.dim, dtype=torch.float64)
+            mu = self.means
+            P = mu.T.contiguous()  # the identity's inverse
         else:
-            S = (1 - self.shrinkage) * cov
-            S.diagonal().add_(self.shrinkage)
-        L, info = torch.linalg.cholesky_ex(S)  # S is positive definite: half an LU's cost (12,800-d: ~20 s a core)
-        P = torch.cholesky_solve(mu.T.contiguous(), L) if int(info) == 0 else torch.linalg.solve(S, mu.T)  # Lambda mu
+            sums, counts, second = self._totals()
+            mu, cov = self._moments(sums, counts, second if self.sums_h is not None else second.clone(), inplace=True)
+            P = self._discriminant(cov, mu, self.shrinkage, overwrite=True,
+                                   rebuild=lambda: self._moments(*self._totals())[1])  # Lambda mu
+            del cov
         self.weight = P.float()
         self.bias = (-0.5 * (mu.T * P).sum(0)).float()
 
