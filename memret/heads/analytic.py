@@ -319,7 +319,7 @@ class SLDA(_AnalyticHead):
                 sums.index_add_(0, cp, xp)
                 counts += torch.bincount(cp, minlength=self.n_classes).double()
                 if self.shrinkage < 1:  # shrinkage 1 is nearest class mean: the covariance is not needed
-                    second += xp.T @ xp
+                    second.addmm_(xp.T, xp)  # in place: no (D, D) temporary
         self.seen[y.unique()] = True
         self.tasks += 1
         if self.auto:
@@ -402,10 +402,16 @@ class SLDA(_AnalyticHead):
         One (D, D) buffer beside ``cov`` at most (none with ``overwrite``): at 16,000 dimensions each is 2 GB."""
         S = cov.mul_(1 - shrinkage) if overwrite else cov.mul(1 - shrinkage)
         S.diagonal().add_(shrinkage)
-        # S is positive definite: Cholesky, half an LU's cost (12,800-d: ~20 s a core), factorised in place
-        L, info = torch.linalg.cholesky_ex(S, out=(S, torch.empty((), dtype=torch.int32)))
+        # S is positive definite: Cholesky, half an LU's cost (12,800-d: ~20 s a core), by LAPACK in place (torch's
+        # cholesky allocates its factor even given out=S, and cholesky_solve copies it: two more (D, D) buffers).
+        # S is symmetric and C-ordered, so its transpose is the same matrix F-ordered: dpotrf writes the lower
+        # factor L there, i.e. U = L^T in S's upper triangle (the lower one keeps stale values, never read).
+        from scipy.linalg import lapack
+
+        _, info = lapack.dpotrf(S.numpy().T, lower=1, overwrite_a=1, clean=0)
         if int(info) == 0:
-            return torch.cholesky_solve(mu.T.contiguous(), L)
+            return torch.linalg.solve_triangular(S, torch.linalg.solve_triangular(S.mT, mu.T.contiguous(), upper=False),
+                                                 upper=True)
         S = (rebuild() if overwrite else cov).mul(1 - shrinkage)  # not positive definite in floating point: LU
         S.diagonal().add_(shrinkage)
         return torch.linalg.solve(S, mu.T)
