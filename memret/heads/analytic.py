@@ -399,18 +399,16 @@ class SLDA(_AnalyticHead):
         """(D, k) ``((1 - s) cov + s I)^-1 mu^T``; ``overwrite``: ``cov`` is shrunk and factorised in place (its
         contents are lost; ``rebuild()`` must then return it again, for the LU fallback).
 
-        One (D, D) buffer beside ``cov`` at most (none with ``overwrite``): at 16,000 dimensions each is 2 GB."""
+        Beside ``cov``: the shrunk matrix (not with ``overwrite``) and its factor, each (D, D): 2 GB at 16,000-d."""
         S = cov.mul_(1 - shrinkage) if overwrite else cov.mul(1 - shrinkage)
         S.diagonal().add_(shrinkage)
-        # S is positive definite: Cholesky, half an LU's cost (12,800-d: ~20 s a core), by LAPACK in place (torch's
-        # cholesky allocates its factor even given out=S, and cholesky_solve copies it: two more (D, D) buffers).
-        # S is symmetric and C-ordered, so its transpose is the same matrix F-ordered: dpotrf writes the lower
-        # factor L there, i.e. U = L^T in S's upper triangle (the lower one keeps stale values, never read).
-        from scipy.linalg import lapack
-
-        _, info = lapack.dpotrf(S.numpy().T, lower=1, overwrite_a=1, clean=0)
+        # S is positive definite: Cholesky, half an LU's cost (12,800-d: ~20 s a core). Two triangular solves read
+        # the factor where it lies (cholesky_solve would copy it: one more (D, D) buffer). scipy's dpotrf in
+        # place would save the factor's buffer too, but it crashed (SIGSEGV) at 16,000 dimensions here.
+        L, info = torch.linalg.cholesky_ex(S)
         if int(info) == 0:
-            return torch.linalg.solve_triangular(S, torch.linalg.solve_triangular(S.mT, mu.T.contiguous(), upper=False),
+            del S
+            return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, mu.T.contiguous(), upper=False),
                                                  upper=True)
         S = (rebuild() if overwrite else cov).mul(1 - shrinkage)  # not positive definite in floating point: LU
         S.diagonal().add_(shrinkage)
