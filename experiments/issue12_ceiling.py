@@ -98,8 +98,10 @@ def main() -> None:
         for flip in [False] + ([True] if Xm is not None and not args.mean_only else []):
             t0 = time.perf_counter()
             k = 2 if flip else 1
+            fit_rows = Xf if k == 1 and not M else np.concatenate([p[~val] for p in P[:k]])  # no third copy
             head = SLDA(10, shrinkage="auto", shrinkages=TrainConfig().slda_shrinkages).fit_task(
-                np.concatenate([p[~val] for p in P[:k]]), np.tile(yf, k), holdout=np.tile(inner, k))
+                fit_rows, np.tile(yf, k), holdout=np.tile(inner, k))
+            del fit_rows
             shrinkage = head.shrinkage  # chosen from held-out statistics, as in run() (run()'s grid)
             name = "slda" + (f" (projection M={M})" if M else "") + (" + mirrored" if flip else "")
             acc = float((head.predict(P[0][val]) == yv).mean())
