@@ -63,6 +63,19 @@ else
   echo "$want" > "$stamp"
   echo "memret: environment ready ($VPY)"
 fi
+# The Collection's web page is tested in headless Chromium (tests/test_collection_http.py): Debian's package,
+# installed for a test run when it is missing and this is root on apt (else that one test skips, saying why).
+case " $* " in *pytest*)
+  if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "memret: installing Debian's chromium (the web page's browser test)"
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+        >/dev/null 2>&1 || echo "memret: chromium could not be installed: its browser test will skip" >&2
+    else
+      echo "memret: no chromium found: its browser test will skip (sudo apt-get install chromium)" >&2
+    fi
+  fi ;;
+esac
 if [ $# -gt 0 ]; then
   exec "$VPY" "$@"
 fi
