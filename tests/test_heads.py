@@ -141,7 +141,7 @@ def test_slda_descent_search_makes_the_grids_choice_after_every_task_with_fewer_
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_slda_discriminant_factorises_in_place_and_falls_back_to_lu(overwrite):
+def test_slda_discriminant_shrinks_in_place_only_when_asked_and_falls_back_to_lu(overwrite):
     rng = np.random.default_rng(3)
     A = rng.normal(size=(30, 30))
     mu = torch.from_numpy(rng.normal(size=(4, 30)))

@@ -399,8 +399,8 @@ class SLDA(_AnalyticHead):
     @staticmethod
     def _discriminant(cov: torch.Tensor, mu: torch.Tensor, shrinkage: float, overwrite: bool,
                       rebuild=None) -> torch.Tensor:
-        """(D, k) ``((1 - s) cov + s I)^-1 mu^T``; ``overwrite``: ``cov`` is shrunk and factorised in place (its
-        contents are lost; ``rebuild()`` must then return it again, for the LU fallback).
+        """(D, k) ``((1 - s) cov + s I)^-1 mu^T``; ``overwrite``: ``cov`` is shrunk in place (its contents are
+        lost; ``rebuild()`` must then return it again, for the LU fallback).
 
         Beside ``cov``: the shrunk matrix (not with ``overwrite``) and its factor, each (D, D): 2 GB at 16,000-d."""
         S = cov.mul_(1 - shrinkage) if overwrite else cov.mul(1 - shrinkage)
