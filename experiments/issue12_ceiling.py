@@ -25,6 +25,17 @@ from pathlib import Path
 import numpy as np
 
 
+def validation_rows(n: int, order: int, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(scored, inner)`` bool masks: the ``holdout`` fraction of the ``n`` TRAINING rows every issue-12 probe
+    scores (a hash of the row, so one set for every encoder and probe, and not ``run()``'s), and, over the other
+    rows, the part a head holds out to choose its own hyper-parameter, as in ``run()``."""
+    from memret.incremental.analytic import holdout_rows
+
+    rows = np.arange(n)
+    scored = holdout_rows(rows, order + 1, holdout)
+    return scored, holdout_rows(rows[~scored], order)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", default="kmeans_patches")
@@ -52,7 +63,6 @@ def main() -> None:
 
     from memret.heads import SLDA, RanPAC
     from memret.incremental import TrainConfig, make_tasks
-    from memret.incremental.analytic import holdout_rows
     from memret.incremental.data import load_dataset
     from memret.incremental.run import cached_views, feature_cache_file, mean_views
     from memret.persist import atomic_write
@@ -73,9 +83,7 @@ def main() -> None:
         X, Xm = views[0][0], (views[1][0] if args.flip else None)
         everything = sum(v[0] for v in views) / len(views) if args.shift else None
         n_views = len(views)
-    rows = np.arange(len(ytr))
-    val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (a different hash from run()'s)
-    inner = holdout_rows(rows[~val], args.order)              # the heads' own choice, as in run()
+    val, inner = validation_rows(len(ytr), args.order, args.holdout)
     yf, yv = ytr[~val], ytr[val]
     Xf, Xv = (X[~val], X[val]) if X is not None else (None, None)
     res = {"encoder": args.encoder, "encoder_kw": kw, "dim": int((X if X is not None else everything).shape[1]),

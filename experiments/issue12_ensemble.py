@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from issue12_ceiling import validation_rows  # the scripts run from experiments/
 
 
 def main() -> None:
@@ -39,7 +40,6 @@ def main() -> None:
 
     from memret.heads import SLDA
     from memret.incremental import TrainConfig, make_tasks
-    from memret.incremental.analytic import holdout_rows
     from memret.incremental.data import load_dataset
     from memret.incremental.run import feature_cache_file, mean_views
     from memret.persist import atomic_write
@@ -47,9 +47,7 @@ def main() -> None:
     data = load_dataset("cifar10", args.root)
     ytr = np.asarray(data.train.targets)
     stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
-    rows = np.arange(len(ytr))
-    val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (issue12_ceiling.py's)
-    inner = holdout_rows(rows[~val], args.order)              # each head's own shrinkage choice, as in run()
+    val, inner = validation_rows(len(ytr), args.order, args.holdout)  # issue12_ceiling.py's scored rows
     yv = ytr[val]
     res = {"order": args.order, "views": 6 if args.shift else 2, "train_rows": int((~val).sum()),
            "validation_rows": int(val.sum()), "encoders": [], "sums": {}}

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from issue12_ceiling import validation_rows  # the scripts run from experiments/
 import torch
 
 
@@ -42,7 +43,6 @@ def main() -> None:
 
     from memret.heads import SLDA
     from memret.incremental import TrainConfig, make_tasks
-    from memret.incremental.analytic import holdout_rows
     from memret.incremental.data import load_dataset
     from memret.incremental.run import _view_keys, _views, feature_cache_file
     from memret.persist import atomic_write
@@ -52,9 +52,7 @@ def main() -> None:
     ytr = np.asarray(data.train.targets)
     cache = feature_cache_file(data, args.encoder, kw, args.tasks, args.order, args.order, args.cache_dir)
     stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
-    rows = np.arange(len(ytr))
-    val = holdout_rows(rows, args.order + 1, args.holdout)   # scored rows (issue12_ceiling.py's)
-    inner = holdout_rows(rows[~val], args.order)              # the head's own shrinkage choice, as in run()
+    val, inner = validation_rows(len(ytr), args.order, args.holdout)  # issue12_ceiling.py's scored rows
     rng = np.random.default_rng(args.order)
     sub = np.sort(rng.choice(np.flatnonzero(~val), min(args.within_images, int((~val).sum())), replace=False))
 
