@@ -17,7 +17,10 @@ validation rows of all 10 classes. Variants differ in one thing each:
   classifier alone and its transformer alone (``.clf_readout`` / ``.mtn_readout``, same weights);
 - ``ranpac`` vs ``mtn_ranpac`` (the MTN over the analytic head), ``mtn_ranpac_only``; the same for ``slda``
   (each trained ``mtn_<head>`` is also read out through its head alone and its transformer alone);
-- design probes: ``mtn_k20`` (20 neighbours), ``mtn_10ep`` (run()'s 10 epochs).
+- design probes: ``mtn_k20`` (20 neighbours), ``mtn_10ep`` (run()'s 10 epochs); on ``mtn`` and on ``mtn_slda``
+  (``mtn_slda_*``): ``mtn_pc`` (the 2 nearest exemplars of each class in the memory instead of the 10 nearest of
+  the whole memory, ``mtn_retrieval="per_class"``), ``mtn_rank`` (a learnt embedding of each neighbour's rank,
+  ``mtn_rank``), ``mtn_mem`` (the transformer trained on the memory's contents only, ``mtn_train="memory"``).
 
 Writes ``<out>/isolation.json`` (per order and mean +- std over orders).
 """
@@ -44,6 +47,12 @@ VARIANTS = {
     "mtn_slda": ("mtn_slda", {"epochs": 3}),
     "mtn_k20": ("mtn", {"epochs": 3, "k": 20}),
     "mtn_10ep": ("mtn", {"epochs": 10}),
+    "mtn_pc": ("mtn", {"epochs": 3, "mtn_retrieval": "per_class"}),
+    "mtn_rank": ("mtn", {"epochs": 3, "mtn_rank": True}),
+    "mtn_mem": ("mtn", {"epochs": 3, "mtn_train": "memory"}),
+    "mtn_slda_pc": ("mtn_slda", {"epochs": 3, "mtn_retrieval": "per_class"}),
+    "mtn_slda_rank": ("mtn_slda", {"epochs": 3, "mtn_rank": True}),
+    "mtn_slda_mem": ("mtn_slda", {"epochs": 3, "mtn_train": "memory"}),
 }
 
 
@@ -53,6 +62,14 @@ def _acc(scores: np.ndarray, y: np.ndarray, seen: list[int]) -> float:
     return float((masked.argmax(1) == y).mean())
 
 
+def mtn_alone(m, X: np.ndarray) -> np.ndarray:
+    """A trained MTN method's transformer logits alone, retrieving as it was trained to."""
+    from memret.incremental.mtn import mtn_scores
+
+    return mtn_scores(m.mtn, m.bank, X, m.cfg.k, proj=m.proj, retrieval=m.cfg.mtn_retrieval,
+                      per_class=m.cfg.mtn_per_class)
+
+
 def one_order(order: int, variants: list[str], cache_dir: str, root: str | None, dataset: str = "cifar10",
               encoder_kw: dict | None = None, memory: int = 2000, encoder: str = "patch_dictionary") -> dict:
     import torch
@@ -60,7 +77,6 @@ def one_order(order: int, variants: list[str], cache_dir: str, root: str | None,
     from memret import ExemplarBank
     from memret.incremental import TrainConfig, load_dataset, make_method, make_tasks
     from memret.incremental.analytic import holdout_rows
-    from memret.incremental.mtn import mtn_scores
     from memret.incremental.run import feature_cache_file
 
     data = load_dataset(dataset, root)
@@ -90,10 +106,10 @@ def one_order(order: int, variants: list[str], cache_dir: str, root: str | None,
         if method == "mtn":
             with torch.no_grad():
                 res["clf_readout"] = _acc(m.clf(torch.from_numpy(Xv)).numpy(), yv, m.seen)
-            res["mtn_readout"] = _acc(mtn_scores(m.mtn, m.bank, Xv, cfg.k, proj=m.proj), yv, m.seen)
+            res["mtn_readout"] = _acc(mtn_alone(m, Xv), yv, m.seen)
         if method in ("mtn_ranpac", "mtn_slda"):
             res[f"{method[4:]}_readout"] = _acc(m.head_method.scores(Xv), yv, m.seen)
-            res["mtn_readout"] = _acc(mtn_scores(m.mtn, m.bank, Xv, cfg.k, proj=m.proj), yv, m.seen)
+            res["mtn_readout"] = _acc(mtn_alone(m, Xv), yv, m.seen)
             res["scale"] = float(m.scale.detach())
         out[name] = res
         print(f"order {order} {name}: " + "  ".join(f"{k} {100 * v:.2f}" if k != "seconds" and k != "scale"

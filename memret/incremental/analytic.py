@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from memret.aggregator import MemoryTransformerNetwork
 from memret.heads import SLDA, RanPAC
 from memret.incremental.methods import Method
-from memret.incremental.mtn import input_projection, mtn_scores, train_mtn
+from memret.incremental.mtn import input_projection, make_mtn, mtn_scores, train_mtn
 from memret.incremental.training import derive_seed, generator, seeded_init
 from memret.memory import ExemplarBank
 
@@ -102,10 +101,8 @@ class MTNAnalyticMethod(Method):
         self.head_method = AnalyticMethod(self.feat_dim, self.n_classes, ExemplarBank(1, total=1), cfg, self.seed,
                                           kind=kind)  # a placeholder bank: this method fills its own
         self.proj = input_projection(self.feat_dim, cfg, self.seed)
-        self.mtn = seeded_init(lambda: MemoryTransformerNetwork(
-            self.feat_dim if self.proj is None else self.proj.shape[1], self.n_classes, cfg.mtn_width,
-            cfg.mtn_layers, cfg.mtn_heads,
-            dropout=cfg.mtn_dropout), self.seed, 3)
+        self.mtn = seeded_init(lambda: make_mtn(self.feat_dim if self.proj is None else self.proj.shape[1],
+                                                self.n_classes, cfg), self.seed, 3)
         # ridge outputs live on a 0..1 scale, logits on a wider one (SLDA's scores are log-likelihoods up to a
         # constant, on the logits' scale already): the scale is learnt with the MTN
         self.scale = nn.Parameter(torch.tensor(float(cfg.ranpac_scale) if kind == "ranpac" else 1.0))
@@ -135,7 +132,8 @@ class MTNAnalyticMethod(Method):
                 **({"ridge": head.lam} if isinstance(head, RanPAC) else {"shrinkage": head.shrinkage})}
 
     def scores(self, X):
-        return mtn_scores(self.mtn, self.bank, X, self.cfg.k, base=self._base, fuse=self._fuse, proj=self.proj)
+        return mtn_scores(self.mtn, self.bank, X, self.cfg.k, base=self._base, fuse=self._fuse, proj=self.proj,
+                          retrieval=self.cfg.mtn_retrieval, per_class=self.cfg.mtn_per_class)
 
     def state_dict(self):
         return {**super().state_dict(), "mtn": self.mtn.state_dict(), "opt": self.opt.state_dict(),

@@ -37,8 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memret.aggregator import MemoryTransformerNetwork
-from memret.incremental.mtn import input_projection, mtn_scores, train_mtn
+from memret.incremental.mtn import input_projection, make_mtn, mtn_scores, train_mtn
 from memret.incremental.training import (MemoryBatches, TrainConfig, balanced_weights, generator, seeded_init,
                                          train_epochs)
 from memret.memory import ExemplarBank
@@ -219,10 +218,8 @@ class MTNMethod(LinearMethod):
         self.name, self.regime = "mtn", "replay"
         cfg = self.cfg
         self.proj = input_projection(self.feat_dim, cfg, self.seed)
-        self.mtn = seeded_init(lambda: MemoryTransformerNetwork(
-            self.feat_dim if self.proj is None else self.proj.shape[1], self.n_classes, cfg.mtn_width,
-            cfg.mtn_layers, cfg.mtn_heads,
-            dropout=cfg.mtn_dropout), self.seed, 3)
+        self.mtn = seeded_init(lambda: make_mtn(self.feat_dim if self.proj is None else self.proj.shape[1],
+                                                self.n_classes, cfg), self.seed, 3)
         self.opt = torch.optim.AdamW(list(self.clf.parameters()) + list(self.mtn.parameters()), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
 
@@ -245,7 +242,8 @@ class MTNMethod(LinearMethod):
         return clf + mtn
 
     def scores(self, X):
-        return mtn_scores(self.mtn, self.bank, X, self.cfg.k, clf=self.clf, fuse=self._fuse, proj=self.proj)
+        return mtn_scores(self.mtn, self.bank, X, self.cfg.k, clf=self.clf, fuse=self._fuse, proj=self.proj,
+                          retrieval=self.cfg.mtn_retrieval, per_class=self.cfg.mtn_per_class)
 
     def state_dict(self):
         return {**super().state_dict(), "mtn": self.mtn.state_dict()}

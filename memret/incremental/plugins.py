@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from memret.heads.plugin import supervised_plugin_base
-from memret.incremental.mtn import mtn_scores, train_mtn
+from memret.incremental.mtn import make_mtn, mtn_scores, train_mtn
 from memret.incremental.training import TrainConfig, generator, seeded_init
 from memret.memory import ExemplarBank
 
@@ -102,7 +102,8 @@ class MTNPlugin(ExemplarMemoryPlugin):
 
     After each training experience the bank is refreshed (kept samples re-encoded with the
     current ``feature_fn``, the new experience offered to it), then the MTN trains on the
-    experience's features plus the old exemplars, retrieving k neighbours with leave-one-out,
+    experience's features plus the old exemplars (or the memory alone, ``config.mtn_train``), retrieving
+    neighbours (``config.mtn_retrieval``) with leave-one-out,
     as in ``memret.incremental.run(method="mtn")``. At evaluation the MTN's logits for the
     minibatch are added to the model's (``strategy.mb_output``), so Avalanche's own metrics
     score the fused prediction.
@@ -119,12 +120,9 @@ class MTNPlugin(ExemplarMemoryPlugin):
     def __init__(self, bank: ExemplarBank, feature_fn: Callable[[torch.Tensor], np.ndarray] | None, n_classes: int,
                  config: TrainConfig | None = None, seed: int = 0, replay: bool = True, **kw) -> None:
         super().__init__(bank, feature_fn, **kw)
-        from memret.aggregator import MemoryTransformerNetwork
-
         self.cfg, self.seed, self.replay, self.n_classes = config or TrainConfig(), seed, replay, n_classes
         c = self.cfg
-        self.mtn = seeded_init(lambda: MemoryTransformerNetwork(bank.dim, n_classes, c.mtn_width, c.mtn_layers,
-                                                                 c.mtn_heads, dropout=c.mtn_dropout), seed, 3)
+        self.mtn = seeded_init(lambda: make_mtn(bank.dim, n_classes, c), seed, 3)
         self.opt = torch.optim.AdamW(self.mtn.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self._trained = False
 
@@ -145,7 +143,8 @@ class MTNPlugin(ExemplarMemoryPlugin):
     @torch.no_grad()
     def mtn_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_classes) MTN logits for raw inputs ``x`` (through ``feature_fn``)."""
-        return torch.from_numpy(mtn_scores(self.mtn, self.bank, self._features(x), self.cfg.k))
+        return torch.from_numpy(mtn_scores(self.mtn, self.bank, self._features(x), self.cfg.k,
+                                           retrieval=self.cfg.mtn_retrieval, per_class=self.cfg.mtn_per_class))
 
     def after_eval_forward(self, strategy, **kwargs):
         if not self._trained or len(self.bank) == 0:

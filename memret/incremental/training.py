@@ -10,10 +10,15 @@ MTN's trainer (:mod:`memret.incremental.mtn`), the encoder trainer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+
+MTN_RETRIEVALS = ("global", "per_class")
+MTN_TRAINS = ("task", "memory")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,15 @@ class TrainConfig:
     fusion: str = "sum"         # "sum" | "mtn_only" | "classifier_only"
     schedule: str = "cosine"    # "cosine" | "constant" learning rate within a task
     balanced_replay: bool = False   # replay: the MTN's class-balanced loss (isolates what the MTN adds)
+    # ---- MTN design options (issue 12); the defaults are the MTN as first built
+    # "global": the k nearest exemplars of the whole memory; "per_class": the mtn_per_class nearest of each class
+    # in the memory (mtn_per_class x classes tokens, so the transformer sees every class held)
+    mtn_retrieval: Literal["global", "per_class"] = "global"
+    mtn_per_class: int = 2
+    mtn_rank: bool = False          # a learnt embedding of each neighbour's rank in the similarity order
+    # "task": train on the task's data + the old exemplars; "memory": on the memory's contents only (after it
+    # took the task in)
+    mtn_train: Literal["task", "memory"] = "task"
     # ---- analytic heads (ranpac, slda, mtn_ranpac)
     ranpac_projection: int = 4096   # RanPAC's random projection width M (0: ridge on the features)
     ranpac_scale: float = 10.0      # mtn_ranpac: initial scale of the ridge scores in the fused logits
@@ -53,6 +67,16 @@ class TrainConfig:
     encoder_weight_decay: float = 5e-4
     augment: bool = True                # random crop (pad 1/8 of the side) + horizontal flip
     recalibrate_bn: bool = True         # exact batch-norm statistics for the trained weights, after each task
+
+    def __post_init__(self) -> None:
+        if self.mtn_retrieval not in MTN_RETRIEVALS:
+            raise ValueError(f"unknown mtn_retrieval {self.mtn_retrieval!r}; known: {list(MTN_RETRIEVALS)}")
+        if isinstance(self.mtn_per_class, bool) or not isinstance(self.mtn_per_class, int) or self.mtn_per_class < 1:
+            raise ValueError(f"mtn_per_class must be an int >= 1, got {self.mtn_per_class!r}")
+        if not isinstance(self.mtn_rank, bool):
+            raise ValueError(f"mtn_rank must be a bool, got {self.mtn_rank!r}")
+        if self.mtn_train not in MTN_TRAINS:
+            raise ValueError(f"unknown mtn_train {self.mtn_train!r}; known: {list(MTN_TRAINS)}")
 
 
 def derive_seed(seed: int, *salt: int) -> int:
