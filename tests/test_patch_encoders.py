@@ -81,17 +81,23 @@ def test_unfitted_patch_encoders_refuse_to_encode():
         _small()(_images(2))
     with pytest.raises(RuntimeError, match="fit"):
         PatchKMeansEncoder(n_centroids=8)(_images(2))
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="pool"):
+            PatchKMeansEncoder(n_centroids=8, pool=bad)
 
 
+@pytest.mark.parametrize("pool", [2, 3])
 @pytest.mark.parametrize("encoding", ["triangle", "soft"])
 @pytest.mark.parametrize("side", [12, 13])  # an even and an odd number of patch positions per side
-def test_kmeans_inference_path_equals_the_differentiable_one(side, encoding):
-    enc = PatchKMeansEncoder(n_centroids=8, patch=4, encoding=encoding).fit(_images(30), n_patches=2000, seed=0)
+def test_kmeans_inference_path_equals_the_differentiable_one(side, encoding, pool):
+    enc = PatchKMeansEncoder(n_centroids=8, patch=4, encoding=encoding, pool=pool).fit(_images(30), n_patches=2000,
+                                                                                      seed=0)
     x = _images(5, side=side, seed=3).requires_grad_(True)
     with torch.no_grad():
         fast = enc(x)
     slow = enc(x)  # autograd on: the cdist + adaptive pooling path
     assert slow.requires_grad and not fast.requires_grad
+    assert fast.shape == (5, pool ** 2 * enc.channels) == (5, enc.embed_dim)
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-4)
 
 
@@ -148,8 +154,9 @@ def test_kmeans_shifted_views_from_one_padded_map_equal_encoding_each_translated
     enc = PatchKMeansEncoder(n_centroids=24, patch=5).fit(x, seed=0)
     shifts = [(2, 2), (0, 0), (-2, -2), (1, -3)]
     soft = PatchKMeansEncoder(n_centroids=24, patch=5, encoding="soft").fit(x, seed=0)
+    fine = PatchKMeansEncoder(n_centroids=24, patch=5, encoding="soft", pool=3).fit(x, seed=0)
     with torch.no_grad():
-        for e in (enc, soft):
+        for e in (enc, soft, fine):
             for s, f in zip(shifts, e.forward_shifted(x, shifts)):
                 torch.testing.assert_close(f, e(view(x, shift=s)), rtol=1e-4, atol=1e-4)
     data = ArrayImages((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), np.zeros(12, np.int64))

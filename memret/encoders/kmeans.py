@@ -5,10 +5,11 @@ frozen encoder of memret's CPU-only class-incremental runs: fit on the first
 task's images only, it never sees a later task's data. Per 6x6 patch (stride 1):
 brightness/contrast normalisation, ZCA whitening, the "triangle" activation
 ``max(0, mean_k(z) - z_k)`` with ``z_k`` the distance to centroid k; sum-pooled
-over the four image quadrants, then standardised: ``embed_dim = 4 * n_centroids``.
+over the four image quadrants (``pool=2``; ``pool=g``: a g x g grid of cells), then standardised:
+``embed_dim = pool**2 * n_centroids``.
 ``encoding="soft"`` replaces the triangle by Coates & Ng's (ICML 2011) soft threshold with polarity split,
 ``[max(0, d_k.w - alpha), max(0, -d_k.w - alpha)]`` over the unit-normalised centroids ``d_k``: twice the
-channels, ``embed_dim = 8 * n_centroids``. The k-means itself is FAISS's.
+channels, ``embed_dim = 2 * pool**2 * n_centroids``. The k-means itself is FAISS's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class PatchKMeansEncoder(nn.Module):
     """Coates-Ng features; call :meth:`fit` once before use.
 
     Args:
-        n_centroids: dictionary size K (embed_dim = 4K; 8K with ``encoding="soft"``).
+        n_centroids: dictionary size K (embed_dim = pool^2 K; twice that with ``encoding="soft"``).
         patch: patch side in pixels.
         in_chans: image channels.
         eps_norm, eps_zca: regularisers of the patch normalisation and the whitening.
@@ -32,20 +33,25 @@ class PatchKMeansEncoder(nn.Module):
         encoding: ``"triangle"`` (Coates, Lee & Ng 2011; K channels) or ``"soft"`` (soft threshold ``alpha`` of
             the projections on the unit-normalised centroids, both polarities: 2K channels).
         alpha: the soft threshold.
+        pool: the activation map is sum-pooled over a ``pool`` x ``pool`` grid of cells (adaptive average
+            pooling's cells; Coates et al.'s quadrants are 2).
     """
 
     def __init__(self, n_centroids: int = 400, patch: int = 6, in_chans: int = 3, eps_norm: float = 0.01,
                  eps_zca: float = 0.1, fit_patches: int = 100_000, encoding: str = "triangle",
-                 alpha: float = 0.25) -> None:
+                 alpha: float = 0.25, pool: int = 2) -> None:
         super().__init__()
         if encoding not in ("triangle", "soft"):
             raise ValueError(f"encoding must be 'triangle' or 'soft', got {encoding!r}")
+        if int(pool) != pool or pool < 1:
+            raise ValueError(f"pool must be a positive int, got {pool!r}")
         p = patch * patch * in_chans
+        self.pool = int(pool)
         self.patch, self.n_centroids, self.eps_norm, self.eps_zca = patch, n_centroids, eps_norm, eps_zca
         self.fit_patches = int(fit_patches)
         self.encoding, self.alpha = encoding, float(alpha)
         self.channels = n_centroids * (2 if encoding == "soft" else 1)
-        self.embed_dim = 4 * self.channels
+        self.embed_dim = self.pool ** 2 * self.channels
         self.register_buffer("mean", torch.zeros(p))
         self.register_buffer("whiten", torch.eye(p))
         self.register_buffer("centroids", torch.zeros(n_centroids, p))
@@ -110,14 +116,14 @@ class PatchKMeansEncoder(nn.Module):
         f = self.activation_map(x)  # (B, L, K)
         side = int(round(f.shape[1] ** 0.5))
         f = f.transpose(1, 2).reshape(x.shape[0], -1, side, side)
-        return F.adaptive_avg_pool2d(f, 2).flatten(1)  # (B, 4C), quadrant pooling
+        return F.adaptive_avg_pool2d(f, self.pool).flatten(1)  # (B, pool^2 C); pool 2: the quadrants
 
     def _pooled_inplace(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_pooled` without autograd, ~2x faster on a CPU (see :meth:`_pooled_windows`)."""
         return self._pooled_windows(x, [(0, 0)])[0]
 
     def _pooled_windows(self, x: torch.Tensor, origins, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(S, B, 4C) quadrant-pooled activations of S windows of one activation map of ``x``: window s covers
+        """(S, B, pool^2 C) pooled activations of S windows of one activation map of ``x``: window s covers
         the ``size`` (rows, cols; default the whole map) positions from ``origins[s]`` (row, col).
 
         One image's (L, K) distances at a time in one reused buffer (a fresh 5 MB tensor per step costs more
@@ -132,8 +138,9 @@ class PatchKMeansEncoder(nn.Module):
             cc, ww = (c * c).sum(1), (w * w).sum(-1, keepdim=True)
         rows, cols = x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1
         h, v = size or (rows, cols)
-        # adaptive_avg_pool2d(., 2)'s (overlapping) halves of an h x v window
-        cells = [(a0, a1, b0, b1) for a0, a1 in [(0, -(-h // 2)), (h // 2, h)] for b0, b1 in [(0, -(-v // 2)), (v // 2, v)]]
+        # adaptive_avg_pool2d(., g)'s (overlapping) cells of an h x v window: [floor(i h / g), ceil((i + 1) h / g))
+        g = self.pool
+        cells = [(i * h // g, -(-(i + 1) * h // g), j * v // g, -(-(j + 1) * v // g)) for i in range(g) for j in range(g)]
         out = w.new_empty(len(origins), B, C, len(cells))
         z = w.new_empty(L, C)
         for i in range(B):
