@@ -36,6 +36,20 @@ def validation_rows(n: int, order: int, holdout: float) -> tuple[np.ndarray, np.
     return scored, holdout_rows(rows[~scored], order)
 
 
+def order_stream(encoder: str, kw: dict, order: int, tasks: int = 5, root: str | None = None,
+                 cache_dir: str = "indices"):
+    """``(data, train labels, stream, cache file)`` of class order ``order`` on CIFAR-10: the tasks, and the feature
+    cache ``run()`` reads or writes for ``encoder(**kw)`` fitted on the first task (every issue-12 probe's start)."""
+    from memret.incremental import make_tasks
+    from memret.incremental.data import load_dataset
+    from memret.incremental.run import feature_cache_file
+
+    data = load_dataset("cifar10", root)
+    ytr = np.asarray(data.train.targets)
+    cache = feature_cache_file(data, encoder, kw, tasks, order, order, cache_dir)
+    return data, ytr, make_tasks(ytr, data.test.targets, tasks, order), cache
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", default="kmeans_patches")
@@ -62,16 +76,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from memret.heads import SLDA, RanPAC
-    from memret.incremental import TrainConfig, make_tasks
-    from memret.incremental.data import load_dataset
-    from memret.incremental.run import cached_views, feature_cache_file, mean_views
+    from memret.incremental import TrainConfig
+    from memret.incremental.run import cached_views, mean_views
     from memret.persist import atomic_write
 
     kw = json.loads(args.encoder_kw)
-    data = load_dataset("cifar10", args.root)
-    ytr = np.asarray(data.train.targets)
-    cache = feature_cache_file(data, args.encoder, kw, args.tasks, args.order, args.order, args.cache_dir)
-    stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
+    data, ytr, stream, cache = order_stream(args.encoder, kw, args.order, args.tasks, args.root, args.cache_dir)
     # as run() reads or makes them, so the caches serve later run() calls too
     if args.shift and args.mean_only:  # only the views' mean, summed view by view (bounded memory)
         everything = mean_views(data, args.encoder, kw, stream[0], args.order, cache, mirror=args.flip,

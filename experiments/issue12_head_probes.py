@@ -102,18 +102,14 @@ def main() -> None:
 
     import torch
 
-    from issue12_ceiling import validation_rows
+    from issue12_ceiling import order_stream, validation_rows
     from memret.heads import SLDA
-    from memret.incremental import TrainConfig, make_tasks
-    from memret.incremental.data import load_dataset
-    from memret.incremental.run import feature_cache_file, mean_views
+    from memret.incremental import TrainConfig
+    from memret.incremental.run import mean_views
     from memret.persist import atomic_write
 
     kw = json.loads(args.encoder_kw)
-    data = load_dataset("cifar10", args.root)
-    ytr = np.asarray(data.train.targets)
-    cache = feature_cache_file(data, args.encoder, kw, 5, args.order, args.order, args.cache_dir)
-    stream = make_tasks(ytr, data.test.targets, 5, args.order)
+    data, ytr, stream, cache = order_stream(args.encoder, kw, args.order, root=args.root, cache_dir=args.cache_dir)
     F = mean_views(data, args.encoder, kw, stream[0], args.order, cache, mirror=True, shift=2)[0]
     val, inner = validation_rows(len(ytr), args.order, args.holdout)
     yf, yv = ytr[~val], ytr[val]

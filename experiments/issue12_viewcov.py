@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from issue12_ceiling import validation_rows  # the scripts run from experiments/
+from issue12_ceiling import order_stream, validation_rows  # the scripts run from experiments/
 import torch
 
 
@@ -42,16 +42,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from memret.heads import SLDA
-    from memret.incremental import TrainConfig, make_tasks
-    from memret.incremental.data import load_dataset
-    from memret.incremental.run import _view_keys, _views, feature_cache_file
+    from memret.incremental import TrainConfig
+    from memret.incremental.run import _view_keys, _views
     from memret.persist import atomic_write
 
     kw = json.loads(args.encoder_kw)
-    data = load_dataset("cifar10", args.root)
-    ytr = np.asarray(data.train.targets)
-    cache = feature_cache_file(data, args.encoder, kw, args.tasks, args.order, args.order, args.cache_dir)
-    stream = make_tasks(ytr, data.test.targets, args.tasks, args.order)
+    data, ytr, stream, cache = order_stream(args.encoder, kw, args.order, args.tasks, args.root, args.cache_dir)
     val, inner = validation_rows(len(ytr), args.order, args.holdout)  # issue12_ceiling.py's scored rows
     rng = np.random.default_rng(args.order)
     sub = np.sort(rng.choice(np.flatnonzero(~val), min(args.within_images, int((~val).sum())), replace=False))

@@ -22,6 +22,15 @@ def synthetic(n: int, d: int, seed: int = 0, clusters: int = 8) -> np.ndarray:
     return (centers[g.integers(0, clusters, n)] + g.normal(size=(n, d))).astype(np.float32)
 
 
+def blobs(n_per: int, n_classes: int, d: int = 16, seed: int = 0, spread: float = 3.0):
+    """(n_per * n_classes, d) float32 Gaussian feature blobs, unit noise around class centres drawn with seed 99
+    (the same centres for every ``seed``), and their (N,) labels, class by class."""
+    g = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).normal(size=(n_classes, d)) * spread
+    y = np.repeat(np.arange(n_classes), n_per)
+    return (centers[y] + g.normal(size=(len(y), d))).astype(np.float32), y
+
+
 def colour_blobs(n_per: int = 30, n_classes: int = 4, seed: int = 0, noise: float = 20.0):
     """(N, 32, 32, 3) uint8 images, one colour per class plus Gaussian noise, and their (N,) labels."""
     g = np.random.default_rng(seed)

@@ -10,16 +10,13 @@ from memret import ExemplarBank  # noqa: E402
 from memret.aggregator import MemoryTransformerNetwork  # noqa: E402
 from memret.incremental import TrainConfig, class_order, make_method, make_tasks, run  # noqa: E402
 from memret.incremental.data import ArrayImages, LabelledData, load_dataset  # noqa: E402
-from conftest import colour_blobs  # noqa: E402
+from conftest import blobs as feature_blobs, colour_blobs  # noqa: E402
 
 FAST = TrainConfig(epochs=3, batch_size=64, mtn_width=64, mtn_layers=1, mtn_heads=2, k=5)
 
 
 def blobs(n_per: int, n_classes: int, d: int = 24, seed: int = 0, spread: float = 3.0):
-    g = np.random.default_rng(seed)
-    centers = np.random.default_rng(99).normal(size=(n_classes, d)) * spread
-    y = np.repeat(np.arange(n_classes), n_per)
-    return (centers[y] + g.normal(size=(len(y), d))).astype(np.float32), y
+    return feature_blobs(n_per, n_classes, d, seed, spread)  # this file's blobs are 24-d by default
 
 
 # ------------------------------------------------------------------ streams

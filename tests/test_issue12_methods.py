@@ -14,17 +14,10 @@ from memret.heads import RanPAC  # noqa: E402
 from memret.incremental import TrainConfig, make_method, make_tasks, run  # noqa: E402
 from memret.incremental.analytic import holdout_rows  # noqa: E402
 from memret.incremental.data import ArrayImages, LabelledData  # noqa: E402
-from conftest import colour_blobs  # noqa: E402
+from conftest import blobs, colour_blobs  # noqa: E402
 
 FAST = TrainConfig(epochs=2, batch_size=64, mtn_width=32, mtn_layers=1, mtn_heads=2, k=5, ranpac_projection=48,
                    slda_shrinkages=(1e-2, 0.5))
-
-
-def blobs(n_per, n_classes, d=16, seed=0, spread=3.0):
-    g = np.random.default_rng(seed)
-    centers = np.random.default_rng(99).normal(size=(n_classes, d)) * spread
-    y = np.repeat(np.arange(n_classes), n_per)
-    return (centers[y] + g.normal(size=(len(y), d))).astype(np.float32), y
 
 
 def tiny_images(n_per, n_classes=4, seed=0):

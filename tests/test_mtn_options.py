@@ -14,16 +14,10 @@ from memret.aggregator import MemoryTransformerNetwork  # noqa: E402
 from memret.incremental import TrainConfig, make_method, make_tasks  # noqa: E402
 from memret.incremental.mtn import class_neighbours, make_mtn, retrieve, train_mtn  # noqa: E402
 from memret.incremental.training import generator  # noqa: E402
+from conftest import blobs  # noqa: E402
 
 FAST = TrainConfig(epochs=1, batch_size=64, mtn_width=32, mtn_layers=1, mtn_heads=2, k=5, ranpac_projection=48,
                    slda_shrinkages=(1e-2, 0.5))
-
-
-def blobs(n_per, n_classes, d=16, seed=0, spread=3.0):
-    g = np.random.default_rng(seed)
-    centers = np.random.default_rng(99).normal(size=(n_classes, d)) * spread
-    y = np.repeat(np.arange(n_classes), n_per)
-    return (centers[y] + g.normal(size=(len(y), d))).astype(np.float32), y
 
 
 def brute_force_scores(bank, X):
