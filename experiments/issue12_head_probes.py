@@ -25,6 +25,13 @@ log-sum-exp of its sub-classes' discriminants plus their log proportions.
 
 The features are ``run()``'s: the mean of six views (``--flip --shift 2`` of ``issue12_ceiling.py``), cached in
 ``indices/`` (encoded here if absent). Writes ``<out>/heads-<order>.json``.
+
+**rda.** Regularised discriminant analysis (Friedman 1989; the per-class covariances of FeCAM, Goswami et al.,
+NeurIPS 2023, for exemplar-free class-incremental learning): each class its own covariance, shrunk towards the
+pooled one, ``(1 - s) ((1 - l) Sigma + l S_c) + s I`` with SLDA's own ``s``. Every class appears in one task
+only, so ``S_c`` is complete when its task ends: it stays class-incremental. Scored as QDA (Mahalanobis
+distance plus the log-determinant) and as FeCAM does (the Mahalanobis distance alone), for every ``l`` read on
+the scored rows (an upper bound for the family; ``l = 0`` is SLDA itself).
 """
 
 from __future__ import annotations
@@ -87,13 +94,64 @@ def mixture_scores(sub_scores: np.ndarray, counts: np.ndarray, K: int) -> np.nda
     return (m + np.log(np.exp(z - m).sum(2, keepdims=True)))[..., 0]
 
 
+def rda(slda, Xf: np.ndarray, yf: np.ndarray, Xv: np.ndarray, yv: np.ndarray, lambdas: list[float]) -> dict:
+    """Validation accuracy of regularised discriminant analysis for each ``l`` in ``lambdas`` (and 0), QDA and
+    Mahalanobis-only scores; float64, one (D, D) matrix factorised per class and ``l``."""
+    import torch
+
+    s = slda.shrinkage
+    mu, Sigma = slda.means, slda.covariance  # (C, D), (D, D) float64
+    C, D = mu.shape
+    Xv_t = torch.from_numpy(Xv).double()
+    lams = [0.0] + [float(x) for x in lambdas]
+    maha = {l: torch.zeros(len(yv), C, dtype=torch.float64) for l in lams}
+    logdet = {l: torch.zeros(C, dtype=torch.float64) for l in lams}
+    t0 = time.perf_counter()
+    M = Sigma * (1 - s)
+    M.diagonal().add_(s)
+    L0 = torch.linalg.cholesky(M)
+    for c in range(C):
+        Z = torch.linalg.solve_triangular(L0, (Xv_t - mu[c]).T, upper=False)
+        maha[0.0][:, c] = (Z * Z).sum(0)
+    logdet[0.0][:] = 2 * torch.log(L0.diagonal()).sum()
+    del L0, Z
+    for c in range(C):
+        Xc = torch.from_numpy(Xf[yf == c]).double() - mu[c]
+        Sc = Xc.T @ Xc / len(Xc)
+        del Xc
+        R = (Xv_t - mu[c]).T.contiguous()  # (D, Nv)
+        for l in lams[1:]:
+            torch.mul(Sigma, (1 - s) * (1 - l), out=M)
+            M.add_(Sc, alpha=(1 - s) * l)
+            M.diagonal().add_(s)
+            L = torch.linalg.cholesky(M)
+            Z = torch.linalg.solve_triangular(L, R, upper=False)
+            maha[l][:, c] = (Z * Z).sum(0)
+            logdet[l][c] = 2 * torch.log(L.diagonal()).sum()
+            del L, Z
+        print(f"rda: class {c} done, {time.perf_counter() - t0:.0f}s", flush=True)
+        del Sc
+    out = {}
+    for l in lams:
+        q = (-(maha[l] + logdet[l])).argmax(1).numpy()
+        f = (-maha[l]).argmax(1).numpy()
+        out[f"l={l:g}"] = {"qda": float((q == yv).mean()), "mahalanobis": float((f == yv).mean()),
+                           "logdet_spread": float(logdet[l].max() - logdet[l].min())}
+        print(f"rda l={l:g}: QDA {100 * out[f'l={l:g}']['qda']:.2f}  Mahalanobis only "
+              f"{100 * out[f'l={l:g}']['mahalanobis']:.2f}", flush=True)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", default="kmeans_patches")
     ap.add_argument("--encoder-kw", default='{"n_centroids": 1600, "encoding": "soft"}')
     ap.add_argument("--order", type=int, default=1993)
-    ap.add_argument("--probe", nargs="+", default=["spectral", "mixture"], choices=["spectral", "mixture"])
+    ap.add_argument("--probe", nargs="+", default=["spectral", "mixture"], choices=["spectral", "mixture", "rda"])
     ap.add_argument("--subclasses", type=int, nargs="+", default=[2, 4], help="mixture: K per class")
+    ap.add_argument("--rda-lambdas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4],
+                    help="rda: weights l of each class's own covariance")
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--root", default=None)
     ap.add_argument("--cache-dir", default="indices")
@@ -133,6 +191,9 @@ def main() -> None:
     print(f"SLDA (its own choice {slda.shrinkage:g}): {100 * res['slda']['validation_accuracy']:.2f}  "
           f"{res['slda']['seconds']:.0f}s", flush=True)
     save()
+    if "rda" in args.probe:
+        res["rda"] = rda(slda, Xf, yf, Xv, yv, args.rda_lambdas)
+        save()
     if "spectral" in args.probe:
         mu, cov = slda.means, slda.covariance  # over every fitted row, the held-out part included, as SLDA solves
         del slda
