@@ -1,0 +1,217 @@
+"""Issue 12, the one encoder lever not read: a second label-free layer over the first one's activation maps
+(Coates & Ng, NIPS 2011, "Selecting receptive fields in deep networks": k-means again, on the pooled maps of
+the first layer). Read on validation (the held-out training rows of every issue-12 probe), never the test set.
+
+    python experiments/issue12_layer2.py --out runs/s13/layer2
+
+Layer 1 is ``run()``'s encoder for class order ``--order`` (``kmeans_patches``, soft threshold, 1,600
+centroids: 3,200 channels on the 27 x 27 map of a 32-pixel image), fitted as ``run()`` fits it on the first
+task's training images; its one-view features are read from ``run()``'s cache in ``indices/``. Layer 2, fitted
+on the same first-task images only, no labels:
+
+1. the layer-1 map average-pooled over 3 x 3 cells (9 x 9 positions), its channels reduced by a PCA and whitened
+   (``--rank`` components; the PCA of the first task's pooled channel vectors);
+2. ``--rf`` x ``--rf`` patches of that map (7 x 7 positions for 3), ZCA-whitened, a spherical k-means of
+   ``--k2`` centroids, the soft threshold ``alpha`` of the projections, both polarities;
+3. sum pooling over the quadrants, standardised on the first task: ``8 k2`` features.
+
+Heads: SLDA (shrinkage from held-out statistics, as in ``run()``) on layer 1 alone, layer 2 alone, their scores
+summed (layer 2 weighted by each ``--weights``), and their concatenation when ``--concat``.
+Writes ``<out>/layer2-<order>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class SecondLayer:
+    """Label-free second layer over a fitted soft-threshold ``PatchKMeansEncoder`` (32-pixel images)."""
+
+    def __init__(self, l1, rank: int = 64, rf: int = 3, k2: int = 800, alpha: float = 0.25, eps_pca: float = 1e-2,
+                 eps_zca: float = 0.1, cell: int = 3) -> None:
+        self.l1, self.rank, self.rf, self.k2, self.alpha = l1, rank, rf, k2, alpha
+        self.eps_pca, self.eps_zca, self.cell = eps_pca, eps_zca, cell
+
+    @torch.no_grad()
+    def pooled_maps(self, x: torch.Tensor, project: bool = True) -> torch.Tensor:
+        """(B, s, s, rank) PCA-whitened (``project``) or (B, s, s, C) raw cell-pooled layer-1 maps."""
+        l1 = self.l1
+        w = l1._whitened(x)
+        B, L, _ = w.shape
+        side = int(round(L ** 0.5))
+        s = side // self.cell
+        K, C = l1.n_centroids, l1.channels
+        out = w.new_empty(B, s, s, self.rank if project else C)
+        z = w.new_empty(L, C)
+        for i in range(B):
+            torch.mm(w[i], l1.centroids.T, out=z[:, :K])
+            torch.neg(z[:, :K], out=z[:, K:])
+            z.sub_(l1.alpha).clamp_(min=0)
+            f = z.view(side, side, C)[:s * self.cell, :s * self.cell]
+            p = f.reshape(s, self.cell, s, self.cell, C).sum((1, 3)) / self.cell ** 2  # (s, s, C)
+            out[i] = (p - self.mean1) @ self.P if project else p
+        return out
+
+    def _patches(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, s, s, r) -> (B, L2, rf * rf * r) patches of the reduced map."""
+        x = maps.permute(0, 3, 1, 2)
+        return F.unfold(x, self.rf).transpose(1, 2)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, seed: int = 0, n_patches: int = 100_000, batch: int = 64) -> "SecondLayer":
+        import faiss
+
+        C = self.l1.channels
+        S = torch.zeros(C, C, dtype=torch.float64)
+        m = torch.zeros(C, dtype=torch.float64)
+        n = 0
+        for s in range(0, len(images), batch):
+            p = self.pooled_maps(images[s:s + batch], project=False).reshape(-1, C).double()
+            S += p.T @ p
+            m += p.sum(0)
+            n += len(p)
+        m /= n
+        cov = S / n - torch.outer(m, m)
+        lam, V = torch.linalg.eigh(cov)
+        lam, V = lam.flip(0)[:self.rank], V.flip(1)[:, :self.rank]
+        self.mean1 = m.float()
+        self.P = (V / torch.sqrt(lam.clamp(min=0) + self.eps_pca * lam[0])).float()  # (C, rank)
+        self.pca_variance = float(lam.sum() / torch.diagonal(cov).sum())
+        maps = torch.cat([self.pooled_maps(images[s:s + batch]) for s in range(0, len(images), batch)])
+        pats = self._patches(maps)  # (N, L2, P2)
+        g = torch.Generator().manual_seed(seed)
+        per = max(1, n_patches // len(images))
+        pick = torch.randint(0, pats.shape[1], (len(images), per), generator=g)
+        sample = torch.gather(pats, 1, pick.unsqueeze(-1).expand(-1, -1, pats.shape[2])).reshape(-1, pats.shape[2])
+        self.mean2 = sample.mean(0)
+        lam2, V2 = torch.linalg.eigh(torch.cov((sample - self.mean2).T).double())
+        self.whiten2 = (V2 @ torch.diag(1 / torch.sqrt(lam2.clamp(min=0) + self.eps_zca)) @ V2.T).float()
+        white = ((sample - self.mean2) @ self.whiten2).numpy()
+        km = faiss.Kmeans(white.shape[1], self.k2, niter=20, seed=seed, verbose=False, spherical=True)
+        km.train(np.ascontiguousarray(white, dtype=np.float32))
+        c = torch.from_numpy(km.centroids)
+        self.centroids2 = c / c.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        f = self.encode_maps(maps, standardise=False)
+        self.feat_mean, self.feat_std = f.mean(0), f.std(0).clamp(min=1e-3)
+        return self
+
+    @torch.no_grad()
+    def encode_maps(self, maps: torch.Tensor, standardise: bool = True) -> torch.Tensor:
+        """(B, s, s, rank) reduced maps -> (B, 8 k2) layer-2 features."""
+        w = (self._patches(maps) - self.mean2) @ self.whiten2  # (B, L2, P2)
+        z = w @ self.centroids2.T
+        a = torch.cat([torch.relu(z - self.alpha), torch.relu(-z - self.alpha)], -1)  # (B, L2, 2 k2)
+        side = int(round(a.shape[1] ** 0.5))
+        a = a.transpose(1, 2).reshape(len(a), -1, side, side)
+        f = F.adaptive_avg_pool2d(a, 2).flatten(1)
+        return (f - self.feat_mean) / self.feat_std if standardise else f
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoder-kw", default='{"n_centroids": 1600, "encoding": "soft"}')
+    ap.add_argument("--order", type=int, default=1993)
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--rf", type=int, default=3)
+    ap.add_argument("--k2", type=int, default=800)
+    ap.add_argument("--alpha", type=float, default=0.25)
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    ap.add_argument("--concat", action="store_true")
+    ap.add_argument("--mirror", action="store_true", help="both layers on the mean of the image's and its mirror's "
+                    "features (TrainConfig.mirror_views); layer 1's mirrored view read from run()'s cache")
+    ap.add_argument("--holdout", type=float, default=0.1)
+    ap.add_argument("--root", default=None)
+    ap.add_argument("--cache-dir", default="indices")
+    ap.add_argument("--out", default="runs/issue12/layer2")
+    args = ap.parse_args()
+
+    from issue12_ceiling import order_stream, validation_rows
+    from memret.heads import SLDA
+    from memret.incremental import TrainConfig
+    from memret.incremental.features import batches, build_encoder, view
+    from memret.incremental.run import cached_views
+    from memret.persist import atomic_write
+    from tqdm import tqdm
+
+    kw = json.loads(args.encoder_kw)
+    enc = "kmeans_patches"
+    data, ytr, stream, cache = order_stream(enc, kw, args.order, root=args.root, cache_dir=args.cache_dir)
+    views1 = cached_views(data, enc, kw, stream[0], args.order, cache, mirror=args.mirror, shift=0)
+    X1 = views1[0][0]  # layer 1, one view
+    t0 = time.perf_counter()
+    l1, _ = build_encoder(enc, data, stream[0], kw, args.order)  # as run() fits it
+    rng = np.random.default_rng(args.order)  # build_encoder's draw of the first task's images
+    rows = np.sort(rng.choice(stream[0].train_rows, size=min(len(stream[0].train_rows), 10_000), replace=False))
+    imgs = torch.cat(list(batches(data.train, rows, 512)))
+    with torch.inference_mode():
+        drift = float((l1(imgs[:16]) - torch.from_numpy(np.asarray(X1[rows[:16]]))).abs().max())
+    print(f"layer 1 refitted ({time.perf_counter() - t0:.0f}s); max difference to the cached features {drift:.2e}",
+          flush=True)
+    layer = SecondLayer(l1, rank=args.rank, rf=args.rf, k2=args.k2, alpha=args.alpha).fit(imgs, seed=args.order)
+    fit_s = time.perf_counter() - t0
+    print(f"layer 2 fitted ({fit_s:.0f}s); PCA keeps {100 * layer.pca_variance:.1f}% of the channel variance",
+          flush=True)
+    t0 = time.perf_counter()
+    X2 = np.zeros((len(ytr), 8 * args.k2), np.float32)
+    step = 256
+    for flip in [False] + [True] * args.mirror:
+        for s in tqdm(range(0, len(ytr), step), desc="layer 2" + " (mirrored)" * flip):
+            x = torch.cat(list(batches(data.train, np.arange(s, min(s + step, len(ytr))), step)))
+            X2[s:s + len(x)] += layer.encode_maps(layer.pooled_maps(view(x, flip=flip))).numpy()
+    if args.mirror:
+        X2 /= 2
+        X1 = (np.asarray(X1) + np.asarray(views1[1][0])) / 2
+    del views1
+    enc_s = time.perf_counter() - t0
+    val, inner = validation_rows(len(ytr), args.order, args.holdout)
+    yf, yv = ytr[~val], ytr[val]
+    grid = TrainConfig().slda_shrinkages
+    res = {"order": args.order, "encoder_kw": kw, "mirror": args.mirror, "rank": args.rank, "rf": args.rf, "k2": args.k2, "alpha": args.alpha,
+           "pca_variance": layer.pca_variance, "layer1_drift": drift, "fit_seconds": fit_s,
+           "layer2_encode_seconds_train": enc_s, "heads": {}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"layer2-{args.order}{'-mirror' * args.mirror}.json"
+
+    def save() -> None:
+        atomic_write(path, lambda f: f.write(json.dumps(res, indent=2).encode()))
+
+    sc = {}
+    for name, X in (("layer 2", X2), ("layer 1", X1)):
+        t0 = time.perf_counter()
+        head = SLDA(10, shrinkage="auto", shrinkages=grid).fit_task(X[~val], yf, holdout=inner)
+        sc[name] = head.scores(X[val])
+        acc = float((sc[name].argmax(1) == yv).mean())
+        res["heads"][name] = {"validation_accuracy": acc, "shrinkage": head.shrinkage, "dim": int(X.shape[1]),
+                              "seconds": time.perf_counter() - t0}
+        print(f"{name}: SLDA {100 * acc:.2f} (shrinkage {head.shrinkage:g}, {X.shape[1]}-d, "
+              f"{time.perf_counter() - t0:.0f}s)", flush=True)
+        del head
+        save()
+    for wgt in args.weights:
+        acc = float(((sc["layer 1"] + wgt * sc["layer 2"]).argmax(1) == yv).mean())
+        res["heads"][f"scores summed, layer 2 x {wgt:g}"] = {"validation_accuracy": acc}
+        print(f"scores summed, layer 2 x {wgt:g}: {100 * acc:.2f}", flush=True)
+    save()
+    if args.concat:
+        t0 = time.perf_counter()
+        Xc = np.concatenate([np.asarray(X1[~val]), X2[~val]], 1)
+        head = SLDA(10, shrinkage="auto", shrinkages=grid).fit_task(Xc, yf, holdout=inner)
+        del Xc
+        acc = float((head.predict(np.concatenate([np.asarray(X1[val]), X2[val]], 1)) == yv).mean())
+        res["heads"]["concatenated"] = {"validation_accuracy": acc, "shrinkage": head.shrinkage,
+                                        "seconds": time.perf_counter() - t0}
+        print(f"concatenated: SLDA {100 * acc:.2f} (shrinkage {head.shrinkage:g})", flush=True)
+        save()
+
+
+if __name__ == "__main__":
+    main()
