@@ -13,11 +13,13 @@ on the same first-task images only, no labels:
    (``--rank`` components; the PCA of the first task's pooled channel vectors);
 2. ``--rf`` x ``--rf`` patches of that map (7 x 7 positions for 3), ZCA-whitened, a spherical k-means of
    ``--k2`` centroids, the soft threshold ``alpha`` of the projections, both polarities;
-3. sum pooling over the quadrants, standardised on the first task: ``8 k2`` features.
+3. average pooling over four cells (the quadrants of ``adaptive_avg_pool2d(., 2)``; on 7 x 7 positions they
+   share the middle row and column), standardised on the first task: ``8 k2`` features.
 
 Heads: SLDA (shrinkage from held-out statistics, as in ``run()``) on layer 1 alone, layer 2 alone, their scores
 summed (layer 2 weighted by each ``--weights``), and their concatenation when ``--concat``.
-Writes ``<out>/layer2-<order>.json``.
+``--mirror`` and ``--shift`` read both layers on the mean of ``run()``'s views. Writes
+``<out>/layer2-<order>[-mirror][-shift<s>].json``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 
 class SecondLayer:
-    """Label-free second layer over a fitted soft-threshold ``PatchKMeansEncoder`` (32-pixel images)."""
+    """Label-free second layer over a fitted ``PatchKMeansEncoder``'s activation maps."""
 
     def __init__(self, l1, rank: int = 64, rf: int = 3, k2: int = 800, alpha: float = 0.25, eps_pca: float = 1e-2,
                  eps_zca: float = 0.1, cell: int = 3) -> None:
@@ -43,22 +45,21 @@ class SecondLayer:
     @torch.no_grad()
     def pooled_maps(self, x: torch.Tensor, project: bool = True) -> torch.Tensor:
         """(B, s, s, rank) PCA-whitened (``project``) or (B, s, s, C) raw cell-pooled layer-1 maps."""
+        return self.shifted_maps(x, [(0, 0)], project)[0]
+
+    @torch.no_grad()
+    def shifted_maps(self, x: torch.Tensor, shifts, project: bool = True) -> list[torch.Tensor]:
+        """:meth:`pooled_maps` of ``view(x, shift=d)`` for each ``d`` in ``shifts``, from ONE layer-1 map of ``x``
+        reflect-padded by the largest shift (every patch of a translated view is a patch of the padded image, as
+        in ``PatchKMeansEncoder.forward_shifted``); the cells are ``_pooled_windows``' adaptive-pooling ones."""
         l1 = self.l1
-        w = l1._whitened(x)
-        B, L, _ = w.shape
-        side = int(round(L ** 0.5))
-        s = side // self.cell
-        K, C = l1.n_centroids, l1.channels
-        out = w.new_empty(B, s, s, self.rank if project else C)
-        z = w.new_empty(L, C)
-        for i in range(B):
-            torch.mm(w[i], l1.centroids.T, out=z[:, :K])
-            torch.neg(z[:, :K], out=z[:, K:])
-            z.sub_(l1.alpha).clamp_(min=0)
-            f = z.view(side, side, C)[:s * self.cell, :s * self.cell]
-            p = f.reshape(s, self.cell, s, self.cell, C).sum((1, 3)) / self.cell ** 2  # (s, s, C)
-            out[i] = (p - self.mean1) @ self.P if project else p
-        return out
+        m = max(max(abs(dx), abs(dy)) for dx, dy in shifts)
+        xp = F.pad(x, (m, m, m, m), mode="reflect") if m else x
+        size = (x.shape[-2] - l1.patch + 1, x.shape[-1] - l1.patch + 1)
+        s = size[0] // self.cell
+        pooled = l1._pooled_windows(xp, [(m - dy, m - dx) for dx, dy in shifts], size, pool=s)  # (S, B, C s s)
+        maps = pooled.view(len(shifts), len(x), l1.channels, s, s).permute(0, 1, 3, 4, 2)  # (S, B, s, s, C)
+        return list((maps - self.mean1) @ self.P) if project else list(maps)
 
     def _patches(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, s, s, r) -> (B, L2, rf * rf * r) patches of the reduced map."""
@@ -99,7 +100,7 @@ class SecondLayer:
         km.train(np.ascontiguousarray(white, dtype=np.float32))
         c = torch.from_numpy(km.centroids)
         self.centroids2 = c / c.norm(dim=1, keepdim=True).clamp(min=1e-8)
-        f = self.encode_maps(maps, standardise=False)
+        f = torch.cat([self.encode_maps(maps[s:s + batch], standardise=False) for s in range(0, len(maps), batch)])
         self.feat_mean, self.feat_std = f.mean(0), f.std(0).clamp(min=1e-3)
         return self
 
@@ -125,6 +126,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.25)
     ap.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--concat", action="store_true")
+    ap.add_argument("--shift", type=int, default=0, help="with --mirror: the six views of run()'s "
+                    "mirror_views + shift_views (layer 1's mean read from run()'s caches)")
     ap.add_argument("--mirror", action="store_true", help="both layers on the mean of the image's and its mirror's "
                     "features (TrainConfig.mirror_views); layer 1's mirrored view read from run()'s cache")
     ap.add_argument("--holdout", type=float, default=0.1)
@@ -136,25 +139,25 @@ def main() -> None:
     from issue12_ceiling import order_stream, validation_rows
     from memret.heads import SLDA
     from memret.incremental import TrainConfig
-    from memret.incremental.features import batches, build_encoder, view
-    from memret.incremental.run import cached_views
+    from memret.incremental.features import batches, build_encoder, label_free_fit_images, view
+    from memret.incremental.run import cached_views, mean_views
     from memret.persist import atomic_write
     from tqdm import tqdm
 
     kw = json.loads(args.encoder_kw)
     enc = "kmeans_patches"
     data, ytr, stream, cache = order_stream(enc, kw, args.order, root=args.root, cache_dir=args.cache_dir)
-    views1 = cached_views(data, enc, kw, stream[0], args.order, cache, mirror=args.mirror, shift=0)
-    X1 = views1[0][0]  # layer 1, one view
+    X1 = cached_views(data, enc, kw, stream[0], args.order, cache)[0][0]  # layer 1, one view
     t0 = time.perf_counter()
     l1, _ = build_encoder(enc, data, stream[0], kw, args.order)  # as run() fits it
-    rng = np.random.default_rng(args.order)  # build_encoder's draw of the first task's images
-    rows = np.sort(rng.choice(stream[0].train_rows, size=min(len(stream[0].train_rows), 10_000), replace=False))
-    imgs = torch.cat(list(batches(data.train, rows, 512)))
+    imgs = label_free_fit_images(data, stream[0], args.order)  # the images it was fitted on
+    probe = np.arange(16)
     with torch.inference_mode():
-        drift = float((l1(imgs[:16]) - torch.from_numpy(np.asarray(X1[rows[:16]]))).abs().max())
+        x = torch.cat(list(batches(data.train, probe, 16)))
+        drift = float((l1(x) - torch.from_numpy(np.asarray(X1[probe]))).abs().max())
     print(f"layer 1 refitted ({time.perf_counter() - t0:.0f}s); max difference to the cached features {drift:.2e}",
           flush=True)
+    t0 = time.perf_counter()
     layer = SecondLayer(l1, rank=args.rank, rf=args.rf, k2=args.k2, alpha=args.alpha).fit(imgs, seed=args.order)
     fit_s = time.perf_counter() - t0
     print(f"layer 2 fitted ({fit_s:.0f}s); PCA keeps {100 * layer.pca_variance:.1f}% of the channel variance",
@@ -162,24 +165,27 @@ def main() -> None:
     t0 = time.perf_counter()
     X2 = np.zeros((len(ytr), 8 * args.k2), np.float32)
     step = 256
+    shifts = [(0, 0)] + ([(args.shift, args.shift), (-args.shift, -args.shift)] if args.shift else [])
     for flip in [False] + [True] * args.mirror:
         for s in tqdm(range(0, len(ytr), step), desc="layer 2" + " (mirrored)" * flip):
             x = torch.cat(list(batches(data.train, np.arange(s, min(s + step, len(ytr))), step)))
-            X2[s:s + len(x)] += layer.encode_maps(layer.pooled_maps(view(x, flip=flip))).numpy()
-    if args.mirror:
-        X2 /= 2
-        X1 = (np.asarray(X1) + np.asarray(views1[1][0])) / 2
-    del views1
+            for maps in layer.shifted_maps(view(x, flip=flip), shifts):
+                X2[s:s + len(x)] += layer.encode_maps(maps).numpy()
+    n_views = len(shifts) * (2 if args.mirror else 1)
+    if n_views > 1:  # the views' mean for both layers (layer 1's from run()'s caches, as run() makes it)
+        X2 /= n_views
+        del X1
+        X1 = mean_views(data, enc, kw, stream[0], args.order, cache, mirror=args.mirror, shift=args.shift)[0]
     enc_s = time.perf_counter() - t0
     val, inner = validation_rows(len(ytr), args.order, args.holdout)
     yf, yv = ytr[~val], ytr[val]
     grid = TrainConfig().slda_shrinkages
-    res = {"order": args.order, "encoder_kw": kw, "mirror": args.mirror, "rank": args.rank, "rf": args.rf, "k2": args.k2, "alpha": args.alpha,
+    res = {"order": args.order, "encoder_kw": kw, "mirror": args.mirror, "shift": args.shift, "rank": args.rank, "rf": args.rf, "k2": args.k2, "alpha": args.alpha,
            "pca_variance": layer.pca_variance, "layer1_drift": drift, "fit_seconds": fit_s,
            "layer2_encode_seconds_train": enc_s, "heads": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"layer2-{args.order}{'-mirror' * args.mirror}.json"
+    path = out / f"layer2-{args.order}{'-mirror' * args.mirror}{f'-shift{args.shift}' * bool(args.shift)}.json"
 
     def save() -> None:
         atomic_write(path, lambda f: f.write(json.dumps(res, indent=2).encode()))

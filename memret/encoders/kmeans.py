@@ -122,9 +122,11 @@ class PatchKMeansEncoder(nn.Module):
         """:meth:`_pooled` without autograd, ~2x faster on a CPU (see :meth:`_pooled_windows`)."""
         return self._pooled_windows(x, [(0, 0)])[0]
 
-    def _pooled_windows(self, x: torch.Tensor, origins, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def _pooled_windows(self, x: torch.Tensor, origins, size: tuple[int, int] | None = None,
+                        pool: int | None = None) -> torch.Tensor:
         """(S, B, pool^2 C) pooled activations of S windows of one activation map of ``x``: window s covers
-        the ``size`` (rows, cols; default the whole map) positions from ``origins[s]`` (row, col).
+        the ``size`` (rows, cols; default the whole map) positions from ``origins[s]`` (row, col), averaged over
+        a ``pool`` x ``pool`` grid of cells (default ``self.pool``), channel-major (``C`` rows of ``pool^2``).
 
         One image's (L, K) distances at a time in one reused buffer (a fresh 5 MB tensor per step costs more
         in page faults than the product itself), ``|w|^2 + |c|^2 - 2 w.c`` by one ``addmm``, activations in
@@ -139,7 +141,7 @@ class PatchKMeansEncoder(nn.Module):
         rows, cols = x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1
         h, v = size or (rows, cols)
         # adaptive_avg_pool2d(., g)'s (overlapping) cells of an h x v window: [floor(i h / g), ceil((i + 1) h / g))
-        g = self.pool
+        g = pool or self.pool
         cells = [(i * h // g, -(-(i + 1) * h // g), j * v // g, -(-(j + 1) * v // g)) for i in range(g) for j in range(g)]
         out = w.new_empty(len(origins), B, C, len(cells))
         z = w.new_empty(L, C)

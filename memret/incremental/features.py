@@ -112,8 +112,13 @@ def build_encoder(encoder: str | torch.nn.Module, data: LabelledData, first: Tas
 
     enc = seeded_init(lambda: E.create(encoder, **encoder_kw), seed, 7)  # same seed, same initial weights
     if isinstance(enc, (E.PatchKMeansEncoder, E.PatchDictionaryEncoder)):
-        rng = np.random.default_rng(seed)
-        rows = rng.choice(first.train_rows, size=min(len(first.train_rows), 10_000), replace=False)
-        imgs = torch.cat(list(batches(data.train, np.sort(rows), 512)))
-        enc.fit(imgs, seed=seed)
+        enc.fit(label_free_fit_images(data, first, seed), seed=seed)
     return enc, encoder
+
+
+def label_free_fit_images(data: LabelledData, first: Task, seed: int) -> torch.Tensor:
+    """The images :func:`build_encoder` fits a label-free encoder on: up to 10,000 of task ``first``'s training
+    rows, drawn with ``seed``, in row order."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(first.train_rows, size=min(len(first.train_rows), 10_000), replace=False)
+    return torch.cat(list(batches(data.train, np.sort(rows), 512)))
