@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from memret.encoders.kmeans import PatchKMeansEncoder
 from memret.encoders.patches import PatchDictionaryEncoder
@@ -99,6 +100,17 @@ def test_kmeans_inference_path_equals_the_differentiable_one(side, encoding, poo
     assert slow.requires_grad and not fast.requires_grad
     assert fast.shape == (5, pool ** 2 * enc.channels) == (5, enc.embed_dim)
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_kmeans_pooled_windows_pool_override_equals_adaptive_pooling_of_the_map():
+    """``_pooled_windows(pool=g)`` (what a second layer reads) is the activation map average-pooled over g x g
+    adaptive cells, channel-major, whatever the encoder's own ``pool``."""
+    enc = PatchKMeansEncoder(n_centroids=8, patch=4, encoding="soft").fit(_images(30), n_patches=2000, seed=0)
+    x = _images(3, side=13, seed=5)  # 10 x 10 positions: 3 cells overlap
+    amap = enc.activation_map(x).transpose(1, 2).reshape(3, enc.channels, 10, 10)
+    for g in (3, 5):
+        got = enc._pooled_windows(x, [(0, 0)], pool=g)[0]
+        torch.testing.assert_close(got, F.adaptive_avg_pool2d(amap, g).flatten(1), rtol=1e-5, atol=1e-5)
 
 
 def test_kmeans_patches_shapes_and_determinism():
