@@ -30,8 +30,8 @@ The features are ``run()``'s: the mean of six views (``--flip --shift 2`` of ``i
 NeurIPS 2023, for exemplar-free class-incremental learning): each class its own covariance, shrunk towards the
 pooled one, ``(1 - s) ((1 - l) Sigma + l S_c) + s I`` with SLDA's own ``s``. Every class appears in one task
 only, so ``S_c`` is complete when its task ends: it stays class-incremental. Scored as QDA (Mahalanobis
-distance plus the log-determinant) and as FeCAM does (the Mahalanobis distance alone), for every ``l`` read on
-the scored rows (an upper bound for the family; ``l = 0`` is SLDA itself).
+distance plus the log-determinant) and with FeCAM's rule (the Mahalanobis distance alone; not its Tukey transform
+or covariance normalisation), every ``l`` read on the scored rows at SLDA's ``s`` (``l = 0`` is SLDA itself).
 """
 
 from __future__ import annotations

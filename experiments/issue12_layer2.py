@@ -140,21 +140,25 @@ def main() -> None:
     from memret.heads import SLDA
     from memret.incremental import TrainConfig
     from memret.incremental.features import batches, build_encoder, label_free_fit_images, view
-    from memret.incremental.run import cached_views, mean_views
+    from memret.incremental.run import _view_axes, _view_keys, mean_views
     from memret.persist import atomic_write
     from tqdm import tqdm
 
     kw = json.loads(args.encoder_kw)
     enc = "kmeans_patches"
     data, ytr, stream, cache = order_stream(enc, kw, args.order, root=args.root, cache_dir=args.cache_dir)
-    X1 = cached_views(data, enc, kw, stream[0], args.order, cache)[0][0]  # layer 1, one view
+    flips, shifts = _view_axes(args.mirror, args.shift)  # run()'s views
+    # layer 1: the views' mean as run() makes it, read once from its caches (one view: the cached array itself)
+    X1 = mean_views(data, enc, kw, stream[0], args.order, cache, mirror=args.mirror, shift=args.shift)[0]
     t0 = time.perf_counter()
     l1, _ = build_encoder(enc, data, stream[0], kw, args.order)  # as run() fits it
     imgs = label_free_fit_images(data, stream[0], args.order)  # the images it was fitted on
     probe = np.arange(16)
     with torch.inference_mode():
         x = torch.cat(list(batches(data.train, probe, 16)))
-        drift = float((l1(x) - torch.from_numpy(np.asarray(X1[probe]))).abs().max())
+        keys = _view_keys(args.mirror, args.shift)
+        mine = sum(l1(view(x, flip=f, shift=d)) for f, d in keys) / len(keys)
+        drift = float((mine - torch.from_numpy(np.asarray(X1[probe]))).abs().max())
     print(f"layer 1 refitted ({time.perf_counter() - t0:.0f}s); max difference to the cached features {drift:.2e}",
           flush=True)
     t0 = time.perf_counter()
@@ -165,17 +169,12 @@ def main() -> None:
     t0 = time.perf_counter()
     X2 = np.zeros((len(ytr), 8 * args.k2), np.float32)
     step = 256
-    shifts = [(0, 0)] + ([(args.shift, args.shift), (-args.shift, -args.shift)] if args.shift else [])
-    for flip in [False] + [True] * args.mirror:
+    for flip in flips:
         for s in tqdm(range(0, len(ytr), step), desc="layer 2" + " (mirrored)" * flip):
             x = torch.cat(list(batches(data.train, np.arange(s, min(s + step, len(ytr))), step)))
             for maps in layer.shifted_maps(view(x, flip=flip), shifts):
                 X2[s:s + len(x)] += layer.encode_maps(maps).numpy()
-    n_views = len(shifts) * (2 if args.mirror else 1)
-    if n_views > 1:  # the views' mean for both layers (layer 1's from run()'s caches, as run() makes it)
-        X2 /= n_views
-        del X1
-        X1 = mean_views(data, enc, kw, stream[0], args.order, cache, mirror=args.mirror, shift=args.shift)[0]
+    X2 /= len(keys)  # the views' mean, as layer 1's
     enc_s = time.perf_counter() - t0
     val, inner = validation_rows(len(ytr), args.order, args.holdout)
     yf, yv = ytr[~val], ytr[val]
