@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from memret.heads import SLDA, RanPAC
+from memret.heads import SLDA, BlockSLDA, RanPAC
 
 
 def _blobs(n_classes=10, per_class=60, dim=24, seed=0, spread=1.0):
@@ -154,7 +154,7 @@ def test_slda_discriminant_shrinks_in_place_only_when_asked_and_falls_back_to_lu
 
 
 @pytest.mark.parametrize("make", [lambda: RanPAC(4, projection=128, seed=0), lambda: RanPAC(4, projection=0),
-                                  lambda: SLDA(4, shrinkage=1e-2)])
+                                  lambda: SLDA(4, shrinkage=1e-2), lambda: BlockSLDA(4, (5, 3), shrinkage=1e-2)])
 def test_analytic_heads_separate_separable_toy_data(make):
     X, y = _blobs(n_classes=4, per_class=50, dim=8, seed=2, spread=0.3)
     head = make()
@@ -166,12 +166,13 @@ def test_analytic_heads_separate_separable_toy_data(make):
 
 def test_heads_round_trip_their_state_and_refuse_bad_input():
     X, y = _blobs(n_classes=4, per_class=20, dim=6)
-    for make in (lambda: RanPAC(4, projection=16), lambda: SLDA(4), lambda: SLDA(4, shrinkage="auto")):
+    for make in (lambda: RanPAC(4, projection=16), lambda: SLDA(4), lambda: SLDA(4, shrinkage="auto"),
+                 lambda: BlockSLDA(4, (4, 2), shrinkage="auto")):
         a = make().fit_task(X, y)
         b = make()
         b.load_state_dict(a.state_dict())
         np.testing.assert_array_equal(a.scores(X), b.scores(X))
-        with pytest.raises(ValueError, match="dimensions"):
+        with pytest.raises(ValueError, match="dimensions|shape"):
             a.scores(X[:, :3])
         with pytest.raises(ValueError, match="labels"):
             make().fit_task(X, y + 10)
@@ -217,3 +218,35 @@ def test_analytic_head_plugin_inside_an_avalanche_strategy_matches_the_head_alon
     metrics = strategy.eval(bm.test_stream)
     acc = next(v for k, v in metrics.items() if k.startswith("Top1_Acc_Stream"))
     assert acc == pytest.approx(float((direct.predict(Xte) == yte).mean()))
+
+
+def test_block_slda_is_lda_with_a_block_diagonal_covariance_each_block_shrunk_on_its_own():
+    """One SLDA per block, scores summed = LDA whose covariance keeps each block's own (shrunk by its own s) and
+    zero across blocks, by hand; after a stream, whatever the order; blocks=(D,) is SLDA itself."""
+    X, y = _blobs(n_classes=6, per_class=40, dim=10, seed=3, spread=2.0)
+    blocks, shrink = (6, 4), (1e-2, 0.3)
+    head = BlockSLDA(6, blocks, shrinkage=shrink[0])
+    for _, Xt, yt in _stream(X, y, [4, 1, 5, 0, 2, 3], tasks=3):
+        head.fit_task(Xt, yt)
+    head.heads[1].set_shrinkage(shrink[1])
+    assert head.shrinkage == shrink and head.dim == 10 and bool(head.seen.all())
+    Xd = X.astype(np.float64)
+    mu = np.stack([Xd[y == c].mean(0) for c in range(6)])
+    cov = (Xd - mu[y]).T @ (Xd - mu[y]) / len(y)
+    want = np.zeros((len(X), 6))
+    for (a, b), s in zip(((0, 6), (6, 10)), shrink):
+        S = (1 - s) * cov[a:b, a:b] + s * np.eye(b - a)      # the block's own covariance, shrunk
+        P = np.linalg.solve(S, mu[:, a:b].T)
+        want += Xd[:, a:b] @ P - 0.5 * (mu[:, a:b].T * P).sum(0)
+    np.testing.assert_allclose(head.scores(X), want, rtol=1e-4, atol=1e-3)
+    full = SLDA(6, shrinkage=1e-2).fit_task(X, y)                # the cross-block covariance matters here
+    assert not np.allclose(full.scores(X), head.scores(X), atol=1e-2)
+    one = BlockSLDA(6, (10,), shrinkage=1e-2).fit_task(X, y)
+    np.testing.assert_allclose(one.scores(X), full.scores(X), rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="blocks"):
+        BlockSLDA(6, (6, 0))
+    with pytest.raises(ValueError, match="shape"):
+        head.fit_task(X[:, :9], y)
+    other = BlockSLDA(6, (5, 5))
+    with pytest.raises(ValueError, match="blocks"):
+        other.load_state_dict(head.state_dict())

@@ -345,3 +345,46 @@ def test_cli_passes_encoder_kw_and_mirror_views_to_run(monkeypatch):
     (kw,) = calls
     assert kw["encoder_kw"] == {"n_centroids": 1600, "checkpoint": "w.pt"}
     assert kw["config"] == TrainConfig(mirror_views=True, shift_views=2)
+
+
+def test_two_layer_kmeans_in_run_is_fitted_on_the_first_task_only_and_gets_one_slda_per_layer(tmp_path, monkeypatch):
+    """kmeans_patches with layers=2 through run(): fitted once, on task 1's images only; slda and mtn_slda then
+    hold one SLDA per feature block (layer 1's, layer 2's), each with its own shrinkage, unless the config says."""
+    import memret.encoders as E
+    from memret.heads import BlockSLDA
+    from memret.incremental.run import encoder_blocks
+
+    kw = {"n_centroids": 8, "encoding": "soft", "layers": 2, "l2_centroids": 5, "l2_rank": 4}
+    assert encoder_blocks("kmeans_patches", kw) == (64, 40) and encoder_blocks("patch_dictionary", {}) is None
+    seen = []
+    original = E.PatchKMeansEncoder.fit
+    monkeypatch.setattr(E.PatchKMeansEncoder, "fit", lambda self, images, **k: (seen.append(images.clone()),
+                                                                                 original(self, images, **k))[1])
+    made = []
+    monkeypatch.setattr(BlockSLDA, "fit_task", lambda self, *a, _f=BlockSLDA.fit_task, **k: (made.append(self.blocks),
+                                                                                            _f(self, *a, **k))[1])
+    data = tiny_data()
+    res = run(data, tasks=2, method=["slda", "mtn_slda"], encoder="kmeans_patches", encoder_kw=kw, memory=12, seed=3,
+              out=tmp_path / "run", config=FAST, plot=False, cache_dir=tmp_path)
+    first = make_tasks(np.asarray(data.train.targets), np.asarray(data.test.targets), 2, 3)[0]
+    assert len(seen) == 1 and torch.equal(seen[0], data.train.batch(np.sort(first.train_rows)))
+    assert made == [(64, 40)] * 4                                   # 2 methods x 2 tasks
+    for name in ("slda", "mtn_slda"):
+        info = res.methods[name].task_info
+        assert all({"shrinkage", "shrinkage_1"} <= set(i) for i in info), info
+        assert res.methods[name].summary["last_accuracy"] > 0.5     # chance: 0.25
+    one = run(data, tasks=2, method="slda", encoder="kmeans_patches", encoder_kw=kw, memory=12, seed=3,
+              out=tmp_path / "one", config=replace_cfg(slda_blocks=(104,)), plot=False, cache_dir=tmp_path)
+    assert "shrinkage_1" not in one.methods["slda"].task_info[0] and len(made) == 4   # one SLDA, cached features
+    with pytest.raises(ValueError, match="sum to"):
+        run(data, tasks=2, method="slda", encoder="kmeans_patches", encoder_kw=kw, memory=12, seed=3,
+            out=tmp_path / "bad", config=replace_cfg(slda_blocks=(60, 40)), plot=False, cache_dir=tmp_path)
+    for bad in ((), (64, 0), (64.0, 40), "64", (True, 40)):
+        with pytest.raises(ValueError, match="slda_blocks"):
+            TrainConfig(slda_blocks=bad)
+
+
+def replace_cfg(**kw):
+    from dataclasses import replace
+
+    return replace(FAST, **kw)

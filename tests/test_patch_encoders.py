@@ -177,3 +177,80 @@ def test_kmeans_shifted_views_from_one_padded_map_equal_encoding_each_translated
         np.testing.assert_allclose(f, extract_features(enc, data, batch=5, flip=True, shift=s), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="smaller"):
         enc.forward_shifted(x, [(17, 0)])
+
+
+def _two_layer(**kw):
+    return PatchKMeansEncoder(**{"n_centroids": 8, "patch": 4, "encoding": "soft", "layers": 2, "l2_centroids": 6,
+                                 "l2_rank": 5, "l2_cell": 2, **kw})
+
+
+def test_kmeans_second_layer_shapes_blocks_and_determinism():
+    """layers=2: layer 1's features then layer 2's (feature_blocks), layer 1's block the one-layer encoder's own;
+    two fits on the same images and seed give the same encoder."""
+    imgs = _images(30, side=16)
+    e1, e2 = _two_layer().fit(imgs, n_patches=2000, seed=0), _two_layer().fit(imgs, n_patches=2000, seed=0)
+    assert e1.feature_blocks == (4 * 16, 4 * 12) and e1.embed_dim == 112
+    x = _images(4, side=16, seed=7)
+    with torch.no_grad():
+        f = e1(x)
+        assert f.shape == (4, 112) and e1.forward_features(x).shape == (4, 1, 112)
+        torch.testing.assert_close(f, e2(x))
+        one = PatchKMeansEncoder(n_centroids=8, patch=4, encoding="soft").fit(imgs, n_patches=2000, seed=0)
+        torch.testing.assert_close(f[:, :64], one(x))                     # layer 2 leaves layer 1 as it was
+        assert float(f[:, 64:].std()) > 0.1                                # layer 2's block is not constant
+    # the fitted images are all it saw: other images, another dictionary
+    other = _two_layer().fit(_images(30, side=16, seed=9), n_patches=2000, seed=0)
+    assert not torch.allclose(other.l2_weight, e1.l2_weight)
+
+
+def test_kmeans_second_layer_by_hand():
+    """Layer 2 is, from the activation map: cell means, the whitened PCA, l2_patch x l2_patch patches, projections
+    on the whitened unit centroids thresholded both ways, the pool grid's means, standardised."""
+    enc = _two_layer().fit(_images(30, side=15), n_patches=2000, seed=0)
+    x = _images(3, side=15, seed=4)                                        # 12 x 12 positions -> 6 x 6 cells
+    amap = enc.activation_map(x).transpose(1, 2).reshape(3, enc.channels, 12, 12)
+    cells = F.avg_pool2d(amap, 2).permute(0, 2, 3, 1)
+    red = (cells - enc.l2_mean) @ enc.l2_proj                              # (3, 6, 6, 5)
+    pats = F.unfold(red.permute(0, 3, 1, 2), 3).transpose(1, 2)            # (3, 16, 45)
+    z = pats @ enc.l2_weight + enc.l2_bias
+    act = torch.cat([(z - enc.alpha).clamp(min=0), (-z - enc.alpha).clamp(min=0)], -1)  # (3, 16, 12)
+    pooled = act.transpose(1, 2).reshape(3, 12, 4, 4).unflatten(2, (2, 2)).unflatten(4, (2, 2)).mean((3, 5))
+    want = (pooled.flatten(1) - enc.feat_mean[64:]) / enc.feat_std[64:]
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x)[:, 64:], want, rtol=1e-4, atol=1e-4)
+    # the PCA whitens: the fitted images' reduced cell vectors have about unit variance along each component
+    with torch.no_grad():
+        fit_cells = enc._pooled_windows(_images(30, side=15), [(0, 0)], cell=2)[1][0]
+    var = enc._reduced(fit_cells).reshape(-1, 5).var(0)
+    assert bool(((var > 0.5) & (var < 1.05)).all()), var
+
+
+@pytest.mark.parametrize("side", [15, 16])   # cells of 2 divide 12 x 12 positions (reshape-sum), not 13 (adaptive)
+def test_kmeans_second_layer_fast_paths_equal_the_differentiable_one_and_each_translated_view(side):
+    x = _images(6, side=side, seed=2)
+    enc = _two_layer().fit(_images(30, side=side), n_patches=2000, seed=0)
+    with torch.no_grad():
+        fast = enc(x)
+    slow = enc(x.clone().requires_grad_(True))
+    assert slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-4)
+    from memret.incremental.features import view
+
+    shifts = [(0, 0), (1, 1), (-1, -1)]   # windows of the padded image's map
+    with torch.no_grad():
+        for s, f in zip(shifts, enc.forward_shifted(x, shifts)):
+            torch.testing.assert_close(f, enc(view(x, shift=s)), rtol=1e-4, atol=1e-4)
+
+
+def test_kmeans_second_layer_round_trips_its_state_and_refuses_bad_settings():
+    enc = _two_layer().fit(_images(30, side=16), n_patches=2000, seed=0)
+    fresh = _two_layer()
+    fresh.load_state_dict(enc.state_dict())
+    x = _images(2, side=16, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), enc(x))
+    for bad in ({"layers": 3}, {"l2_centroids": 0}, {"l2_rank": 2.5}, {"l2_cell": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _two_layer(**bad)
+    with pytest.raises(ValueError, match="too small"):
+        _two_layer(l2_cell=6).fit(_images(30, side=16), n_patches=2000, seed=0)   # 13 // 6 = 2 cells < 3

@@ -10,6 +10,18 @@ over the four image quadrants (``pool=2``; ``pool=g``: a g x g grid of cells), t
 ``encoding="soft"`` replaces the triangle by Coates & Ng's (ICML 2011) soft threshold with polarity split,
 ``[max(0, d_k.w - alpha), max(0, -d_k.w - alpha)]`` over the unit-normalised centroids ``d_k``: twice the
 channels, ``embed_dim = 2 * pool**2 * n_centroids``. The k-means itself is FAISS's.
+
+``layers=2`` adds a second label-free layer over the first one's activation map (Coates & Ng, NIPS 2011,
+"Selecting receptive fields in deep networks"), fitted on the same images, no labels: the map is averaged over
+``l2_cell`` x ``l2_cell`` cells (9 x 9 cells of a 27 x 27 map), its channels reduced by a whitened PCA to
+``l2_rank``, then ``l2_patch`` x ``l2_patch`` patches of it are ZCA-whitened and soft-thresholded (``alpha``, both
+polarities) against a spherical k-means dictionary of ``l2_centroids``, sum-pooled over the same ``pool`` grid and
+standardised. The output is layer 1's features then layer 2's, ``feature_blocks = (layer 1, 2 * pool**2 *
+l2_centroids)``: a head that treats the blocks apart (``memret.heads.BlockSLDA``, one LDA per block) gains
+where one over the concatenation does not (experiments/RESULTS.md, 10.13-10.14). Layer 2 is made inside layer 1's
+pass (the cell means of every translated view come from the one activation map ``forward_shifted`` pools) and
+costs ~0.7x layer 1 at 32 px. It is meant for small images: at 224 px layer 1's map has 73 x 73 cells of 3, whose
+reduced maps for the 10,000 fit images alone are 14 GB.
 """
 
 from __future__ import annotations
@@ -18,6 +30,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _zca_kmeans(sample: torch.Tensor, eps: float, k: int, seed: int, niter: int,
+                spherical: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, ZCA matrix, centroids)`` of (N, P) patches: ZCA whitening with ``eps`` added to the covariance's
+    eigenvalues, then FAISS's k-means of ``k`` centroids on the whitened patches (``spherical``: unit centroids)."""
+    import faiss
+
+    mean = sample.mean(0)
+    evals, evecs = torch.linalg.eigh(torch.cov((sample - mean).T))
+    whiten = evecs @ torch.diag(1.0 / torch.sqrt(evals.clamp(min=0) + eps)) @ evecs.T
+    white = ((sample - mean) @ whiten).numpy().astype(np.float32)
+    km = faiss.Kmeans(white.shape[1], k, niter=niter, seed=seed, verbose=False, spherical=spherical)
+    km.train(white)
+    return mean, whiten, torch.from_numpy(km.centroids)
 
 
 class PatchKMeansEncoder(nn.Module):
@@ -35,26 +62,48 @@ class PatchKMeansEncoder(nn.Module):
         alpha: the soft threshold.
         pool: the activation map is sum-pooled over a ``pool`` x ``pool`` grid of cells (adaptive average
             pooling's cells; Coates et al.'s quadrants are 2).
+        layers: 1, or 2 for the second layer (see the module docstring; its keywords are ``l2_*``).
+        l2_centroids, l2_rank, l2_patch, l2_cell: layer 2's dictionary size, PCA rank, patch side (in cells) and
+            cell side (in positions of layer 1's map).
+        l2_eps_pca: the PCA's whitening regulariser, relative to its largest eigenvalue.
     """
 
     def __init__(self, n_centroids: int = 400, patch: int = 6, in_chans: int = 3, eps_norm: float = 0.01,
                  eps_zca: float = 0.1, fit_patches: int = 100_000, encoding: str = "triangle",
-                 alpha: float = 0.25, pool: int = 2) -> None:
+                 alpha: float = 0.25, pool: int = 2, layers: int = 1, l2_centroids: int = 800, l2_rank: int = 64,
+                 l2_patch: int = 3, l2_cell: int = 3, l2_eps_pca: float = 1e-2) -> None:
         super().__init__()
         if encoding not in ("triangle", "soft"):
             raise ValueError(f"encoding must be 'triangle' or 'soft', got {encoding!r}")
         if int(pool) != pool or pool < 1:
             raise ValueError(f"pool must be a positive int, got {pool!r}")
+        if layers not in (1, 2):
+            raise ValueError(f"layers must be 1 or 2, got {layers!r}")
+        for name, v in (("l2_centroids", l2_centroids), ("l2_rank", l2_rank), ("l2_patch", l2_patch),
+                        ("l2_cell", l2_cell)):
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         p = patch * patch * in_chans
         self.pool = int(pool)
         self.patch, self.n_centroids, self.eps_norm, self.eps_zca = patch, n_centroids, eps_norm, eps_zca
         self.fit_patches = int(fit_patches)
         self.encoding, self.alpha = encoding, float(alpha)
         self.channels = n_centroids * (2 if encoding == "soft" else 1)
-        self.embed_dim = self.pool ** 2 * self.channels
+        self.layers = int(layers)
+        self.feature_blocks: tuple[int, ...] = (self.pool ** 2 * self.channels,)
         self.register_buffer("mean", torch.zeros(p))
         self.register_buffer("whiten", torch.eye(p))
         self.register_buffer("centroids", torch.zeros(n_centroids, p))
+        if self.layers == 2:
+            self.l2_centroids, self.l2_rank, self.l2_patch = int(l2_centroids), int(l2_rank), int(l2_patch)
+            self.l2_cell, self.l2_eps_pca = int(l2_cell), float(l2_eps_pca)
+            p2 = self.l2_patch ** 2 * self.l2_rank
+            self.feature_blocks += (self.pool ** 2 * 2 * self.l2_centroids,)
+            self.register_buffer("l2_mean", torch.zeros(self.channels))           # layer 1's cell mean
+            self.register_buffer("l2_proj", torch.zeros(self.channels, self.l2_rank))  # whitened PCA
+            self.register_buffer("l2_weight", torch.zeros(p2, self.l2_centroids))  # ZCA @ unit centroids^T
+            self.register_buffer("l2_bias", torch.zeros(self.l2_centroids))        # -patch mean @ l2_weight
+        self.embed_dim = sum(self.feature_blocks)
         self.register_buffer("feat_mean", torch.zeros(self.embed_dim))
         self.register_buffer("feat_std", torch.ones(self.embed_dim))
         self.register_buffer("fitted", torch.tensor(False))
@@ -69,31 +118,87 @@ class PatchKMeansEncoder(nn.Module):
     def fit(self, images: torch.Tensor, n_patches: int | None = None, seed: int = 0,
             niter: int = 20) -> "PatchKMeansEncoder":
         """Fit whitening, centroids and feature standardisation on (N, C, H, W) images (``n_patches``
-        sampled patches; default ``fit_patches``)."""
-        import faiss
-
+        sampled patches; default ``fit_patches``); with ``layers=2``, layer 2 too, on the same images and as many
+        sampled patches of its input."""
+        n_patches = n_patches or self.fit_patches
         g = torch.Generator().manual_seed(seed)
-        per_img = max(1, (n_patches or self.fit_patches) // len(images))
+        per_img = max(1, n_patches // len(images))
         pats = self._patches(images)  # (N, L, P)
         pick = torch.randint(0, pats.shape[1], (len(images), per_img), generator=g)
         sample = torch.gather(pats, 1, pick.unsqueeze(-1).expand(-1, -1, pats.shape[2])).reshape(-1, pats.shape[2])
-        self.mean.copy_(sample.mean(0))
-        cov = torch.cov((sample - self.mean).T)
-        evals, evecs = torch.linalg.eigh(cov)
-        self.whiten.copy_(evecs @ torch.diag(1.0 / torch.sqrt(evals.clamp(min=0) + self.eps_zca)) @ evecs.T)
-        white = ((sample - self.mean) @ self.whiten).numpy().astype(np.float32)
-        km = faiss.Kmeans(white.shape[1], self.n_centroids, niter=niter, seed=seed, verbose=False)
-        km.train(white)
-        cent = torch.from_numpy(km.centroids)
+        mean, whiten, cent = _zca_kmeans(sample, self.eps_zca, self.n_centroids, seed, niter)
+        self.mean.copy_(mean)
+        self.whiten.copy_(whiten)
         if self.encoding == "soft":  # a dictionary of directions
             cent = cent / cent.norm(dim=1, keepdim=True).clamp(min=1e-8)
         self.centroids.copy_(cent)
         self.fitted.fill_(True)
         step = max(1, (1 << 25) // (pats.shape[1] * self.channels))
-        feats = torch.cat([self._pooled(images[i:i + step]) for i in range(0, len(images), step)])
+        del pats, sample
+        if self.layers == 1:
+            feats = torch.cat([self._pooled(images[i:i + step]) for i in range(0, len(images), step)])
+        else:
+            feats = self._fit_layer2(images, step, n_patches, g, seed, niter)
         self.feat_mean.copy_(feats.mean(0))
         self.feat_std.copy_(feats.std(0).clamp(min=1e-3))
         return self
+
+    def _fit_layer2(self, images: torch.Tensor, step: int, n_patches: int, g: torch.Generator, seed: int,
+                    niter: int) -> torch.Tensor:
+        """Fit layer 2 (layer 1 fitted); return both layers' unstandardised features of ``images``."""
+        C = self.channels
+        # the whitened PCA of layer 1's cell vectors, from a seeded subset of the images (~n_patches vectors)
+        cells = self._pooled_windows(images[:1], [(0, 0)], cell=self.l2_cell)[1]
+        per = cells.shape[2] * cells.shape[3]
+        sub = torch.randperm(len(images), generator=g)[:max(1, -(-n_patches // per))].sort().values
+        V = torch.cat([self._pooled_windows(images[sub[i:i + step]], [(0, 0)], cell=self.l2_cell)[1][0]
+                       for i in range(0, len(sub), step)]).reshape(-1, C)
+        m = V.mean(0)
+        lam, U = torch.linalg.eigh(torch.cov((V - m).T).double())
+        del V
+        lam, U = lam.flip(0)[:self.l2_rank], U.flip(1)[:, :self.l2_rank]
+        self.l2_mean.copy_(m)
+        self.l2_proj.copy_((U / torch.sqrt(lam.clamp(min=0) + self.l2_eps_pca * lam[0])).float())
+        # one pass over the images: layer 1's features and the reduced maps layer 2 reads
+        f1, maps = [], []
+        for i in range(0, len(images), step):
+            f, c = self._pooled_windows(images[i:i + step], [(0, 0)], cell=self.l2_cell)
+            f1.append(f[0])
+            maps.append(self._reduced(c[0]))
+        maps = torch.cat(maps)
+        # layer 2's ZCA and spherical k-means, on patches sampled as layer 1's
+        pats = self._l2_patches(maps)
+        pick = torch.randint(0, pats.shape[1], (len(maps), max(1, n_patches // len(maps))), generator=g)
+        sample = torch.gather(pats, 1, pick.unsqueeze(-1).expand(-1, -1, pats.shape[2])).reshape(-1, pats.shape[2])
+        mean, whiten, cent = _zca_kmeans(sample, self.eps_zca, self.l2_centroids, seed, niter, spherical=True)
+        cent = cent / cent.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        self.l2_weight.copy_(whiten @ cent.T)  # <ZCA(p - mean), d> = p @ (ZCA d) - mean @ (ZCA d)
+        self.l2_bias.copy_(-(mean @ self.l2_weight))
+        f2 = torch.cat([self._layer2(maps[i:i + 256], reduced=True) for i in range(0, len(maps), 256)])
+        return torch.cat([torch.cat(f1), f2], 1)
+
+    # ============ layer 2 (layers=2) ============
+    def _reduced(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, s, t, C) cell means of layer 1's map -> (N, s, t, l2_rank) whitened principal components."""
+        return (cells - self.l2_mean) @ self.l2_proj
+
+    def _l2_patches(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, s, t, r) reduced maps -> (N, L2, l2_patch^2 r) patches."""
+        if min(maps.shape[1:3]) < self.l2_patch:
+            raise ValueError(f"layer 2 needs at least {self.l2_patch} x {self.l2_patch} cells, got "
+                             f"{tuple(maps.shape[1:3])}: the image is too small for l2_cell={self.l2_cell}")
+        return F.unfold(maps.permute(0, 3, 1, 2), self.l2_patch).transpose(1, 2)
+
+    def _layer2(self, cells: torch.Tensor, reduced: bool = False) -> torch.Tensor:
+        """(N, s, t, C) cell means of layer 1's map (``reduced``: already :meth:`_reduced`) -> (N, feature_blocks[1])
+        unstandardised layer-2 features: soft threshold of the whitened patches' projections on the unit
+        centroids, both polarities, pooled over the ``pool`` grid (channel-major, as layer 1's)."""
+        maps = cells if reduced else self._reduced(cells)
+        s, t = maps.shape[1] - self.l2_patch + 1, maps.shape[2] - self.l2_patch + 1
+        z = self._l2_patches(maps) @ self.l2_weight + self.l2_bias  # (N, L2, K2)
+        a = torch.cat([torch.relu(z - self.alpha), torch.relu(-z - self.alpha)], -1)
+        a = a.transpose(1, 2).reshape(len(maps), -1, s, t)
+        return F.adaptive_avg_pool2d(a, self.pool).flatten(1)
 
     def _whitened(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, P) normalised, whitened patches of (B, C, H, W) images."""
@@ -114,19 +219,34 @@ class PatchKMeansEncoder(nn.Module):
         if not (torch.is_grad_enabled() and x.requires_grad):  # no graph to build: the fast path
             return self._pooled_inplace(x)
         f = self.activation_map(x)  # (B, L, K)
-        side = int(round(f.shape[1] ** 0.5))
-        f = f.transpose(1, 2).reshape(x.shape[0], -1, side, side)
-        return F.adaptive_avg_pool2d(f, self.pool).flatten(1)  # (B, pool^2 C); pool 2: the quadrants
+        rows, cols = x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1
+        f = f.transpose(1, 2).reshape(x.shape[0], -1, rows, cols)
+        out = F.adaptive_avg_pool2d(f, self.pool).flatten(1)  # (B, pool^2 C); pool 2: the quadrants
+        if self.layers == 1:
+            return out
+        cells = F.adaptive_avg_pool2d(f, (rows // self.l2_cell, cols // self.l2_cell)).permute(0, 2, 3, 1)
+        return torch.cat([out, self._layer2(cells)], 1)
 
     def _pooled_inplace(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_pooled` without autograd, ~2x faster on a CPU (see :meth:`_pooled_windows`)."""
-        return self._pooled_windows(x, [(0, 0)])[0]
+        return self._windows(x, [(0, 0)])[0]
+
+    def _windows(self, x: torch.Tensor, origins, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(S, B, embed_dim) unstandardised features of S windows (:meth:`_pooled_windows`), both layers'."""
+        if self.layers == 1:
+            return self._pooled_windows(x, origins, size)
+        f1, cells = self._pooled_windows(x, origins, size, cell=self.l2_cell)
+        f2 = self._layer2(cells.flatten(0, 1)).view(len(origins), len(x), -1)
+        return torch.cat([f1, f2], 2)
 
     def _pooled_windows(self, x: torch.Tensor, origins, size: tuple[int, int] | None = None,
-                        pool: int | None = None) -> torch.Tensor:
+                        pool: int | None = None, cell: int | None = None):
         """(S, B, pool^2 C) pooled activations of S windows of one activation map of ``x``: window s covers
         the ``size`` (rows, cols; default the whole map) positions from ``origins[s]`` (row, col), averaged over
         a ``pool`` x ``pool`` grid of cells (default ``self.pool``), channel-major (``C`` rows of ``pool^2``).
+        ``cell``: also return the (S, B, h // cell, v // cell, C) means of each window's map over a grid of
+        ``cell`` x ``cell`` cells (``adaptive_avg_pool2d``'s cells; a reshape and a sum when ``cell`` divides the
+        window), layer 2's input.
 
         One image's (L, K) distances at a time in one reused buffer (a fresh 5 MB tensor per step costs more
         in page faults than the product itself), ``|w|^2 + |c|^2 - 2 w.c`` by one ``addmm``, activations in
@@ -144,6 +264,10 @@ class PatchKMeansEncoder(nn.Module):
         g = pool or self.pool
         cells = [(i * h // g, -(-(i + 1) * h // g), j * v // g, -(-(j + 1) * v // g)) for i in range(g) for j in range(g)]
         out = w.new_empty(len(origins), B, C, len(cells))
+        if cell:
+            s2, t2 = h // cell, v // cell
+            exact = h % cell == 0 and v % cell == 0
+            grid = w.new_empty(len(origins), B, s2, t2, C)
         z = w.new_empty(L, C)
         for i in range(B):
             if soft:  # [max(0, d.w - alpha), max(0, -d.w - alpha)]
@@ -161,7 +285,15 @@ class PatchKMeansEncoder(nn.Module):
                     if (r + a0, r + a1) not in strips:
                         strips[r + a0, r + a1] = f[r + a0:r + a1].sum(0)
                     out[s, i, :, j] = strips[r + a0, r + a1][q + b0:q + b1].sum(0) / ((a1 - a0) * (b1 - b0))
-        return out.flatten(2)
+                if not cell:
+                    continue
+                if exact:  # rows summed in bands of `cell` (contiguous), then the window's columns in groups
+                    band = f[r:r + h].view(s2, cell, cols, C).sum(1)
+                    torch.sum(band[:, q:q + v].reshape(s2, t2, cell, C), 2, out=grid[s, i])
+                    grid[s, i].div_(cell * cell)
+                else:
+                    grid[s, i] = F.adaptive_avg_pool2d(f[r:r + h, q:q + v].permute(2, 0, 1), (s2, t2)).permute(1, 2, 0)
+        return (out.flatten(2), grid) if cell else out.flatten(2)
 
     @torch.no_grad()
     def forward_shifted(self, x: torch.Tensor, shifts) -> list[torch.Tensor]:
@@ -177,7 +309,7 @@ class PatchKMeansEncoder(nn.Module):
         size = (x.shape[-2] - self.patch + 1, x.shape[-1] - self.patch + 1)
         origins = [(m - dy, m - dx) for dx, dy in shifts]
         step = max(1, (1 << 25) // ((size[0] + 2 * m) * (size[1] + 2 * m) * self.channels))
-        out = torch.cat([self._pooled_windows(xp[s:s + step], origins, size) for s in range(0, len(x), step)], 1)
+        out = torch.cat([self._windows(xp[s:s + step], origins, size) for s in range(0, len(x), step)], 1)
         return list((out - self.feat_mean) / self.feat_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

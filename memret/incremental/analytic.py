@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memret.heads import SLDA, RanPAC
+from memret.heads import SLDA, BlockSLDA, RanPAC
 from memret.incremental.methods import Method
 from memret.incremental.mtn import input_projection, make_mtn, mtn_scores, train_mtn
 from memret.incremental.training import derive_seed, generator, seeded_init
@@ -52,6 +52,12 @@ class AnalyticMethod(Method):
         self.name = kind
         if kind == "ranpac":
             self.model = RanPAC(self.n_classes, projection=self.cfg.ranpac_projection, seed=derive_seed(self.seed, 9))
+        elif self.cfg.slda_blocks and len(self.cfg.slda_blocks) > 1:
+            if sum(self.cfg.slda_blocks) != self.feat_dim:
+                raise ValueError(f"slda_blocks {self.cfg.slda_blocks} sum to {sum(self.cfg.slda_blocks)}, the features "
+                                 f"have {self.feat_dim} dimensions")
+            self.model = BlockSLDA(self.n_classes, self.cfg.slda_blocks, shrinkage="auto",
+                                   shrinkages=self.cfg.slda_shrinkages)
         else:
             self.model = SLDA(self.n_classes, shrinkage="auto", shrinkages=self.cfg.slda_shrinkages)
 
@@ -62,13 +68,19 @@ class AnalyticMethod(Method):
         self._remember(X, y, rows, store=False)
         out: dict = {}
         self.model.fit_task(X, y, holdout=holdout_rows(rows, self.seed))
-        if isinstance(self.model, RanPAC):
-            out["ridge"] = self.model.lam
-        else:
-            out["shrinkage"] = self.model.shrinkage
+        out.update(self.info())
         if self.bank.dim == self.feat_dim:  # the memory fills as for every method; the head never reads it
             self.bank.update(X, y, refs=rows)
         return out
+
+    def info(self) -> dict[str, float]:
+        """The head's chosen hyper-parameter: ``ridge``, or ``shrinkage`` (``shrinkage_<i>`` for block i > 0)."""
+        m = self.model
+        if isinstance(m, RanPAC):
+            return {"ridge": m.lam}
+        if isinstance(m, BlockSLDA):
+            return {("shrinkage" if i == 0 else f"shrinkage_{i}"): s for i, s in enumerate(m.shrinkage)}
+        return {"shrinkage": m.shrinkage}
 
     def scores(self, X):
         if len(X) == 0:
@@ -127,9 +139,7 @@ class MTNAnalyticMethod(Method):
         mask[self.seen] = 0.0
         loss, n = train_mtn(self.mtn, self.opt, self.bank, X, y, rows, self.cfg, generator(self.seed, 4, task),
                             mask, base=self._base, fuse=self._fuse, replay=before, proj=self.proj)
-        head = self.head_method.model
-        return {"loss": loss, "train_size": n, "scale": float(self.scale.detach()),
-                **({"ridge": head.lam} if isinstance(head, RanPAC) else {"shrinkage": head.shrinkage})}
+        return {"loss": loss, "train_size": n, "scale": float(self.scale.detach()), **self.head_method.info()}
 
     def scores(self, X):
         return mtn_scores(self.mtn, self.bank, X, self.cfg.k, base=self._base, fuse=self._fuse, proj=self.proj,

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -40,8 +40,8 @@ from memret.metrics import summarize
 from memret.persist import atomic_write
 
 log = logging.getLogger(__name__)
-__all__ = ["MethodResult", "RunResult", "cached_views", "extract_features", "feature_cache_file", "mean_views",
-           "plot_accuracy", "run"]
+__all__ = ["MethodResult", "RunResult", "cached_views", "encoder_blocks", "extract_features", "feature_cache_file",
+           "mean_views", "plot_accuracy", "run"]
 
 
 @dataclass
@@ -124,7 +124,9 @@ def run(
             default (None): ``kmeans_patches`` for images under 64 pixels (CIFAR, digits: unchanged), and
             ``patch_dictionary`` at stride 4 for larger ones (ImageNet-1k at 224 pixels: ~10-12 images/s on one
             core, ~4x the 400-centroid k-means encoder's rate; stride 2 would be 4x dearer);
-            frozen unless ``train_encoder``.
+            frozen unless ``train_encoder``. ``kmeans_patches`` with ``encoder_kw={"layers": 2, ...}`` adds a second
+            label-free layer; its two blocks of features then get one SLDA each in ``slda`` and ``mtn_slda``
+            (``TrainConfig.slda_blocks``, read from the encoder by :func:`encoder_blocks`).
         memory: total exemplar budget (the quota per class shrinks as classes arrive), or
         per_class: a fixed number per class (iCaRL protocol: 20). ``imagenet1k`` defaults to 20 per class.
         policy: exemplar selection (``herding``, ``random``, ``closest``, ``reservoir``).
@@ -159,6 +161,10 @@ def run(
         encoder = "kmeans_patches" if data.image_size < 64 else "patch_dictionary"
         if encoder == "patch_dictionary":
             encoder_kw = {"stride": 4, **encoder_kw}
+    if cfg.slda_blocks is None:  # an encoder with several blocks of features (kmeans_patches, layers=2): one SLDA each
+        blocks = encoder_blocks(encoder, encoder_kw)
+        if blocks and len(blocks) > 1:
+            cfg = replace(cfg, slda_blocks=blocks)
     ytr, yte = np.asarray(data.train.targets), np.asarray(data.test.targets)
     stream = make_tasks(ytr, yte, tasks, seed)
     enc_name = encoder if isinstance(encoder, str) else type(encoder).__name__
@@ -203,6 +209,20 @@ def run(
         if plot:
             plot_accuracy(result, out / "accuracy.png")
     return result
+
+
+def encoder_blocks(encoder: str | torch.nn.Module, encoder_kw: dict) -> tuple[int, ...] | None:
+    """The widths of the encoder's blocks of features (``feature_blocks``), read without fitting or encoding it:
+    a module's attribute, or for ``kmeans_patches`` its unfitted module's (buffers only); None for the others."""
+    if isinstance(encoder, torch.nn.Module):
+        blocks = getattr(encoder, "feature_blocks", None)
+    elif encoder == "kmeans_patches":
+        import memret.encoders as E
+
+        blocks = E.create(encoder, **encoder_kw).feature_blocks
+    else:
+        return None
+    return tuple(int(b) for b in blocks) if blocks is not None else None
 
 
 def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, tasks: int, seed: int, init_seed: int,

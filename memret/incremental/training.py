@@ -54,6 +54,9 @@ class TrainConfig:
     ranpac_scale: float = 10.0      # mtn_ranpac: initial scale of the ridge scores in the fused logits
     # SLDA's shrinkage grid, re-chosen after every task on held-out statistics of all tasks seen so far
     slda_shrinkages: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.3)
+    # slda, mtn_slda: the widths of the feature blocks that get one SLDA each, scores summed (memret.heads.BlockSLDA);
+    # None: the encoder's ``feature_blocks`` when it has several (kmeans_patches with layers=2), else one SLDA
+    slda_blocks: tuple[int, ...] | None = None
     # frozen encoders: every image's feature is the mean of its own and its horizontal mirror's features, for
     # every method (flip-invariant; twice the encoding; the mirrors' features are cached beside the others)
     mirror_views: bool = False
@@ -77,6 +80,12 @@ class TrainConfig:
             raise ValueError(f"mtn_rank must be a bool, got {self.mtn_rank!r}")
         if self.mtn_train not in MTN_TRAINS:
             raise ValueError(f"unknown mtn_train {self.mtn_train!r}; known: {list(MTN_TRAINS)}")
+        if self.slda_blocks is not None:
+            blocks = self.slda_blocks
+            if (isinstance(blocks, (str, bytes)) or not len(blocks)
+                    or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in blocks)):
+                raise ValueError(f"slda_blocks must be None or positive ints, got {blocks!r}")
+            object.__setattr__(self, "slda_blocks", tuple(int(b) for b in blocks))
 
 
 def derive_seed(seed: int, *salt: int) -> int:
