@@ -172,6 +172,8 @@ def test_heads_round_trip_their_state_and_refuse_bad_input():
         b = make()
         b.load_state_dict(a.state_dict())
         np.testing.assert_array_equal(a.scores(X), b.scores(X))
+        if not isinstance(a, RanPAC):
+            assert b.shrinkage == a.shrinkage    # exactly (float64 state): the descent search resumes from it
         with pytest.raises(ValueError, match="dimensions|shape"):
             a.scores(X[:, :3])
         with pytest.raises(ValueError, match="labels"):
@@ -243,8 +245,9 @@ def test_block_slda_is_lda_with_a_block_diagonal_covariance_each_block_shrunk_on
     assert not np.allclose(full.scores(X), head.scores(X), atol=1e-2)
     one = BlockSLDA(6, (10,), shrinkage=1e-2).fit_task(X, y)
     np.testing.assert_allclose(one.scores(X), full.scores(X), rtol=1e-6, atol=1e-5)
-    with pytest.raises(ValueError, match="blocks"):
-        BlockSLDA(6, (6, 0))
+    for bad in ((6, 0), 6, (2.7, 3.3), (True, 9), (), "64"):
+        with pytest.raises(ValueError, match="blocks"):
+            BlockSLDA(6, bad)
     with pytest.raises(ValueError, match="shape"):
         head.fit_task(X[:, :9], y)
     other = BlockSLDA(6, (5, 5))

@@ -341,10 +341,11 @@ def test_cli_passes_encoder_kw_and_mirror_views_to_run(monkeypatch):
     monkeypatch.setattr(R, "run", lambda *a, **kw: calls.append(kw) or (_ for _ in ()).throw(SystemExit(0)))
     with pytest.raises(SystemExit):
         main(["--dataset", "cifar10", "--method", "slda", "--encoder", "kmeans_patches", "--encoder-kw",
-              '{"n_centroids": 1600}', "--mirror-views", "true", "--shift-views", "2", "--checkpoint", "w.pt"])
+              '{"n_centroids": 1600}', "--mirror-views", "true", "--shift-views", "2", "--checkpoint", "w.pt",
+              "--slda-blocks", "12800,6400"])
     (kw,) = calls
     assert kw["encoder_kw"] == {"n_centroids": 1600, "checkpoint": "w.pt"}
-    assert kw["config"] == TrainConfig(mirror_views=True, shift_views=2)
+    assert kw["config"] == TrainConfig(mirror_views=True, shift_views=2, slda_blocks=(12800, 6400))
 
 
 def test_two_layer_kmeans_in_run_is_fitted_on_the_first_task_only_and_gets_one_slda_per_layer(tmp_path, monkeypatch):
@@ -373,12 +374,20 @@ def test_two_layer_kmeans_in_run_is_fitted_on_the_first_task_only_and_gets_one_s
         info = res.methods[name].task_info
         assert all({"shrinkage", "shrinkage_1"} <= set(i) for i in info), info
         assert res.methods[name].summary["last_accuracy"] > 0.5     # chance: 0.25
+    again = run(data, tasks=2, method=["slda", "mtn_slda"], encoder="kmeans_patches", encoder_kw=kw, memory=12, seed=3,
+                out=tmp_path / "run", config=FAST, plot=False, cache_dir=tmp_path)   # resumes: nothing refitted
+    assert len(made) == 4 and len(seen) == 1
+    for name in ("slda", "mtn_slda"):
+        assert again.methods[name].accuracy_matrix == res.methods[name].accuracy_matrix
+        assert again.methods[name].task_info == res.methods[name].task_info
     one = run(data, tasks=2, method="slda", encoder="kmeans_patches", encoder_kw=kw, memory=12, seed=3,
               out=tmp_path / "one", config=replace_cfg(slda_blocks=(104,)), plot=False, cache_dir=tmp_path)
-    assert "shrinkage_1" not in one.methods["slda"].task_info[0] and len(made) == 4   # one SLDA, cached features
-    with pytest.raises(ValueError, match="sum to"):
-        run(data, tasks=2, method="slda", encoder="kmeans_patches", encoder_kw=kw, memory=12, seed=3,
-            out=tmp_path / "bad", config=replace_cfg(slda_blocks=(60, 40)), plot=False, cache_dir=tmp_path)
+    assert "shrinkage_1" not in one.methods["slda"].task_info[0] and len(made) == 4   # one SLDA
+    assert len(seen) == 1                                                          # the features were cached
+    for blocks in ((60, 40), (100,)):
+        with pytest.raises(ValueError, match="sum to"):
+            run(data, tasks=2, method="slda", encoder="kmeans_patches", encoder_kw=kw, memory=12, seed=3,
+                out=tmp_path / "bad", config=replace_cfg(slda_blocks=blocks), plot=False, cache_dir=tmp_path)
     for bad in ((), (64, 0), (64.0, 40), "64", (True, 40)):
         with pytest.raises(ValueError, match="slda_blocks"):
             TrainConfig(slda_blocks=bad)

@@ -249,8 +249,12 @@ def test_kmeans_second_layer_round_trips_its_state_and_refuses_bad_settings():
     x = _images(2, side=16, seed=1)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), enc(x))
-    for bad in ({"layers": 3}, {"l2_centroids": 0}, {"l2_rank": 2.5}, {"l2_cell": True}):
+    for bad in ({"layers": 3}, {"layers": True}, {"layers": 2.0}, {"l2_centroids": 0}, {"l2_rank": 2.5},
+                {"l2_cell": True}, {"l2_rank": 17}, {"l2_eps_pca": 0.0}):   # 17 > the 16 soft channels
         with pytest.raises(ValueError, match=next(iter(bad))):
             _two_layer(**bad)
-    with pytest.raises(ValueError, match="too small"):
-        _two_layer(l2_cell=6).fit(_images(30, side=16), n_patches=2000, seed=0)   # 13 // 6 = 2 cells < 3
+    for cell in (6, 20):   # 13 // 6 = 2 cells a side < 3; 13 // 20 = none
+        enc = _two_layer(l2_cell=cell)
+        with pytest.raises(ValueError, match="too small"):
+            enc.fit(_images(30, side=16), n_patches=2000, seed=0)
+        assert not bool(enc.fitted)

@@ -65,7 +65,8 @@ class PatchKMeansEncoder(nn.Module):
         layers: 1, or 2 for the second layer (see the module docstring; its keywords are ``l2_*``).
         l2_centroids, l2_rank, l2_patch, l2_cell: layer 2's dictionary size, PCA rank, patch side (in cells) and
             cell side (in positions of layer 1's map).
-        l2_eps_pca: the PCA's whitening regulariser, relative to its largest eigenvalue.
+        l2_eps_pca: the PCA's whitening regulariser, relative to its largest eigenvalue (layer 2's ZCA uses
+            ``eps_zca``, as layer 1's). Layer 2 reads either encoding's map; it was measured over the soft one.
     """
 
     def __init__(self, n_centroids: int = 400, patch: int = 6, in_chans: int = 3, eps_norm: float = 0.01,
@@ -77,12 +78,16 @@ class PatchKMeansEncoder(nn.Module):
             raise ValueError(f"encoding must be 'triangle' or 'soft', got {encoding!r}")
         if int(pool) != pool or pool < 1:
             raise ValueError(f"pool must be a positive int, got {pool!r}")
-        if layers not in (1, 2):
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers not in (1, 2):
             raise ValueError(f"layers must be 1 or 2, got {layers!r}")
         for name, v in (("l2_centroids", l2_centroids), ("l2_rank", l2_rank), ("l2_patch", l2_patch),
                         ("l2_cell", l2_cell)):
             if isinstance(v, bool) or int(v) != v or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if layers == 2 and l2_rank > n_centroids * (2 if encoding == "soft" else 1):
+            raise ValueError(f"l2_rank ({l2_rank}) must not exceed layer 1's {n_centroids} (soft: twice) channels")
+        if not l2_eps_pca > 0:
+            raise ValueError(f"l2_eps_pca must be > 0, got {l2_eps_pca!r}")
         p = patch * patch * in_chans
         self.pool = int(pool)
         self.patch, self.n_centroids, self.eps_norm, self.eps_zca = patch, n_centroids, eps_norm, eps_zca
@@ -121,6 +126,12 @@ class PatchKMeansEncoder(nn.Module):
         sampled patches; default ``fit_patches``); with ``layers=2``, layer 2 too, on the same images and as many
         sampled patches of its input."""
         n_patches = n_patches or self.fit_patches
+        if self.layers == 2:  # refused before anything is written
+            side = min(images.shape[-2:]) - self.patch + 1
+            if side // self.l2_cell < self.l2_patch:
+                raise ValueError(f"layer 2 needs at least {self.l2_patch} x {self.l2_patch} cells of {self.l2_cell} "
+                                 f"positions; {tuple(images.shape[-2:])} images give {side // self.l2_cell} a side: "
+                                 f"the image is too small for l2_cell={self.l2_cell}")
         g = torch.Generator().manual_seed(seed)
         per_img = max(1, n_patches // len(images))
         pats = self._patches(images)  # (N, L, P)
@@ -138,7 +149,11 @@ class PatchKMeansEncoder(nn.Module):
         if self.layers == 1:
             feats = torch.cat([self._pooled(images[i:i + step]) for i in range(0, len(images), step)])
         else:
-            feats = self._fit_layer2(images, step, n_patches, g, seed, niter)
+            try:
+                feats = self._fit_layer2(images, step, n_patches, g, seed, niter)
+            except BaseException:
+                self.fitted.fill_(False)  # layer 2 half-fitted: not an encoder to use
+                raise
         self.feat_mean.copy_(feats.mean(0))
         self.feat_std.copy_(feats.std(0).clamp(min=1e-3))
         return self
@@ -148,8 +163,7 @@ class PatchKMeansEncoder(nn.Module):
         """Fit layer 2 (layer 1 fitted); return both layers' unstandardised features of ``images``."""
         C = self.channels
         # the whitened PCA of layer 1's cell vectors, from a seeded subset of the images (~n_patches vectors)
-        cells = self._pooled_windows(images[:1], [(0, 0)], cell=self.l2_cell)[1]
-        per = cells.shape[2] * cells.shape[3]
+        per = ((images.shape[-2] - self.patch + 1) // self.l2_cell) * ((images.shape[-1] - self.patch + 1) // self.l2_cell)
         sub = torch.randperm(len(images), generator=g)[:max(1, -(-n_patches // per))].sort().values
         V = torch.cat([self._pooled_windows(images[sub[i:i + step]], [(0, 0)], cell=self.l2_cell)[1][0]
                        for i in range(0, len(sub), step)]).reshape(-1, C)

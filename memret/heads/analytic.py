@@ -444,7 +444,7 @@ class SLDA(_AnalyticHead):
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in self._STATE} | {
-            "shrinkage": torch.tensor(self.shrinkage), "tasks": torch.tensor(self.tasks),
+            "shrinkage": torch.tensor(self.shrinkage, dtype=torch.float64), "tasks": torch.tensor(self.tasks),
             "dim": torch.tensor(self.dim if self.dim is not None else -1)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -472,9 +472,10 @@ class BlockSLDA:
     """
 
     def __init__(self, n_classes: int, blocks, **kw) -> None:
+        if (isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__len__") or not len(blocks)
+                or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in blocks)):
+            raise ValueError(f"blocks must be a sequence of positive int widths, got {blocks!r}")
         self.blocks = tuple(int(b) for b in blocks)
-        if not self.blocks or any(b < 1 for b in self.blocks):
-            raise ValueError(f"blocks must be positive widths, got {blocks!r}")
         self.heads = [SLDA(n_classes, **kw) for _ in self.blocks]
         self.n_classes, self.dim = int(n_classes), sum(self.blocks)
         self._edges = np.cumsum((0,) + self.blocks)
@@ -509,7 +510,13 @@ class BlockSLDA:
             out += h.scores(part)
         return out
 
-    predict = _AnalyticHead.predict
+    def predict(self, features) -> np.ndarray:
+        """(N,) predicted labels among the classes seen so far."""
+        if not bool(self.seen.any()):
+            raise RuntimeError("BlockSLDA has seen no data: call fit_task first")
+        s = self.scores(features)
+        s[:, ~self.seen.numpy()] = -np.inf
+        return s.argmax(1)
 
     def state_dict(self) -> dict:
         return {"blocks": torch.tensor(self.blocks)} | {f"block{i}.{k}": v for i, h in enumerate(self.heads)

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-resume", action="store_true")
     for f in fields(TrainConfig):  # every training knob: --epochs, --lr, --k, --mtn-layers, --encoder-lr, ...
         kind = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes"),
-                "tuple[float, ...]": lambda s: tuple(float(v) for v in s.split(","))}  # --slda-shrinkages 1e-3,0.1
+                "tuple[float, ...]": lambda s: tuple(float(v) for v in s.split(",")),  # --slda-shrinkages 1e-3,0.1
+                "tuple[int, ...]": lambda s: tuple(int(v) for v in s.split(","))}      # --slda-blocks 12800,6400
         t = str(f.type).replace("| None", "").strip()
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind.get(t, str), default=None, dest=f"cfg_{f.name}")
     args = ap.parse_args(argv)

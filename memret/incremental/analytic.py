@@ -52,10 +52,10 @@ class AnalyticMethod(Method):
         self.name = kind
         if kind == "ranpac":
             self.model = RanPAC(self.n_classes, projection=self.cfg.ranpac_projection, seed=derive_seed(self.seed, 9))
+        elif self.cfg.slda_blocks and sum(self.cfg.slda_blocks) != self.feat_dim:
+            raise ValueError(f"slda_blocks {self.cfg.slda_blocks} sum to {sum(self.cfg.slda_blocks)}, the features "
+                             f"have {self.feat_dim} dimensions")
         elif self.cfg.slda_blocks and len(self.cfg.slda_blocks) > 1:
-            if sum(self.cfg.slda_blocks) != self.feat_dim:
-                raise ValueError(f"slda_blocks {self.cfg.slda_blocks} sum to {sum(self.cfg.slda_blocks)}, the features "
-                                 f"have {self.feat_dim} dimensions")
             self.model = BlockSLDA(self.n_classes, self.cfg.slda_blocks, shrinkage="auto",
                                    shrinkages=self.cfg.slda_shrinkages)
         else:

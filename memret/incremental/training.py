@@ -55,7 +55,7 @@ class TrainConfig:
     # SLDA's shrinkage grid, re-chosen after every task on held-out statistics of all tasks seen so far
     slda_shrinkages: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 0.3)
     # slda, mtn_slda: the widths of the feature blocks that get one SLDA each, scores summed (memret.heads.BlockSLDA);
-    # None: the encoder's ``feature_blocks`` when it has several (kmeans_patches with layers=2), else one SLDA
+    # None: one SLDA, except in run(), which reads the encoder's ``feature_blocks`` (kmeans_patches, layers=2)
     slda_blocks: tuple[int, ...] | None = None
     # frozen encoders: every image's feature is the mean of its own and its horizontal mirror's features, for
     # every method (flip-invariant; twice the encoding; the mirrors' features are cached beside the others)
