@@ -5,6 +5,12 @@
 
 Prints JSON lines: layer 1's ``forward_shifted`` against layer 2's path (which recomputes layer 1's map) on
 1,024 training images and one flip's three translated views, then layer 2's path split into its steps on 256.
+
+    python experiments/issue12_layer2_timing.py --library
+
+times the library's layer 2 instead (``kmeans_patches`` with ``layers=2``, made inside layer 1's pass): its
+``forward_shifted`` against the one-layer encoder's with the same layer 1, on the same 1,024 images and views,
+three times each, alternating.
 """
 
 from __future__ import annotations
@@ -16,7 +22,44 @@ import numpy as np
 import torch
 
 
+def library() -> None:
+    import memret.encoders as E
+    from issue12_ceiling import order_stream
+    from memret.incremental.features import batches, label_free_fit_images
+    from memret.incremental.run import _view_axes
+
+    kw = {"n_centroids": 1600, "encoding": "soft"}
+    data, _, stream, _ = order_stream("kmeans_patches", kw, 1993)
+    imgs = label_free_fit_images(data, stream[0], 1993)[:2000]
+    t = time.perf_counter()
+    both = E.create("kmeans_patches", layers=2, **kw).fit(imgs, seed=0, n_patches=20000)
+    fit_s = time.perf_counter() - t
+    one = E.create("kmeans_patches", **kw)
+    one.load_state_dict({k: v for k, v in both.state_dict().items() if not k.startswith("l2_")}, strict=False)
+    one.feat_mean, one.feat_std = both.feat_mean[:one.embed_dim].clone(), both.feat_std[:one.embed_dim].clone()
+    x = torch.cat(list(batches(data.train, np.arange(20000, 21024), 256)))
+    shifts = _view_axes(False, 2)[1]
+    with torch.inference_mode():
+        a = one.forward_shifted(x[:8], shifts)
+        b = both.forward_shifted(x[:8], shifts)
+        same = max(float((u - v[:, :one.embed_dim]).abs().max()) for u, v in zip(a, b))
+        for rep in range(3):
+            t = time.perf_counter()
+            one.forward_shifted(x, shifts)
+            t1 = time.perf_counter() - t
+            t = time.perf_counter()
+            both.forward_shifted(x, shifts)
+            t2 = time.perf_counter() - t
+            print(json.dumps({"images": len(x), "views": len(shifts), "layer1_s": t1, "both_layers_s": t2,
+                              "ratio": t2 / t1, "layer2_fit_2000_images_s": fit_s, "layer1_block_max_diff": same}),
+                  flush=True)
+
+
 def main() -> None:
+    import sys
+
+    if "--library" in sys.argv[1:]:
+        return library()
     from issue12_ceiling import order_stream
     from issue12_layer2 import SecondLayer
     from memret.incremental.features import batches, build_encoder, label_free_fit_images
