@@ -19,7 +19,10 @@ on the same first-task images only, no labels:
 Heads: SLDA (shrinkage from held-out statistics, as in ``run()``) on layer 1 alone, layer 2 alone, their scores
 summed (layer 2 weighted by each ``--weights``), and their concatenation when ``--concat``.
 ``--mirror`` and ``--shift`` read both layers on the mean of ``run()``'s views. Writes
-``<out>/layer2-<order>[-mirror][-shift<s>].json``.
+``<out>/layer2-<order>[-mirror][-shift<s>][-library].json``.
+
+``--library`` reads both layers from ``run()``'s caches of the library's ``kmeans_patches`` with ``layers=2`` (the
+built-in version of this probe's layer 2) instead of fitting the probe's; the heads are the same.
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ def main() -> None:
                     "mirror_views + shift_views (layer 1's mean read from run()'s caches)")
     ap.add_argument("--mirror", action="store_true", help="both layers on the mean of the image's and its mirror's "
                     "features (TrainConfig.mirror_views); layer 1's mirrored view read from run()'s cache")
+    ap.add_argument("--library", action="store_true", help="read both layers from run()'s caches of the library's "
+                    "kmeans_patches with layers=2 (--encoder-kw plus layers 2) instead of fitting this probe's layer 2")
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--root", default=None)
     ap.add_argument("--cache-dir", default="indices")
@@ -149,42 +154,51 @@ def main() -> None:
     data, ytr, stream, cache = order_stream(enc, kw, args.order, root=args.root, cache_dir=args.cache_dir)
     flips, shifts = _view_axes(args.mirror, args.shift)  # run()'s views
     # layer 1: the views' mean as run() makes it, read once from its caches (one view: the cached array itself)
+    if args.library:  # the library's two-layer encoder, as run() cached it: layer 1's block, then layer 2's
+        kw = {**kw, "layers": 2}
+        data, ytr, stream, cache = order_stream(enc, kw, args.order, root=args.root, cache_dir=args.cache_dir)
     X1 = mean_views(data, enc, kw, stream[0], args.order, cache, mirror=args.mirror, shift=args.shift)[0]
+    if args.library:
+        X1, X2 = X1[:, :-8 * args.k2], X1[:, -8 * args.k2:]
+        layer, drift, fit_s, enc_s = None, 0.0, 0.0, 0.0
     t0 = time.perf_counter()
-    l1, _ = build_encoder(enc, data, stream[0], kw, args.order)  # as run() fits it
-    imgs = label_free_fit_images(data, stream[0], args.order)  # the images it was fitted on
-    probe = np.arange(16)
-    with torch.inference_mode():
-        x = torch.cat(list(batches(data.train, probe, 16)))
-        keys = _view_keys(args.mirror, args.shift)
-        mine = sum(l1(view(x, flip=f, shift=d)) for f, d in keys) / len(keys)
-        drift = float((mine - torch.from_numpy(np.asarray(X1[probe]))).abs().max())
-    print(f"layer 1 refitted ({time.perf_counter() - t0:.0f}s); max difference to the cached features {drift:.2e}",
-          flush=True)
-    t0 = time.perf_counter()
-    layer = SecondLayer(l1, rank=args.rank, rf=args.rf, k2=args.k2, alpha=args.alpha).fit(imgs, seed=args.order)
-    fit_s = time.perf_counter() - t0
-    print(f"layer 2 fitted ({fit_s:.0f}s); PCA keeps {100 * layer.pca_variance:.1f}% of the channel variance",
-          flush=True)
-    t0 = time.perf_counter()
-    X2 = np.zeros((len(ytr), 8 * args.k2), np.float32)
-    step = 256
-    for flip in flips:
-        for s in tqdm(range(0, len(ytr), step), desc="layer 2" + " (mirrored)" * flip):
-            x = torch.cat(list(batches(data.train, np.arange(s, min(s + step, len(ytr))), step)))
-            for maps in layer.shifted_maps(view(x, flip=flip), shifts):
-                X2[s:s + len(x)] += layer.encode_maps(maps).numpy()
-    X2 /= len(keys)  # the views' mean, as layer 1's
-    enc_s = time.perf_counter() - t0
+    if not args.library:
+        l1, _ = build_encoder(enc, data, stream[0], kw, args.order)  # as run() fits it
+        imgs = label_free_fit_images(data, stream[0], args.order)  # the images it was fitted on
+        probe = np.arange(16)
+        with torch.inference_mode():
+            x = torch.cat(list(batches(data.train, probe, 16)))
+            keys = _view_keys(args.mirror, args.shift)
+            mine = sum(l1(view(x, flip=f, shift=d)) for f, d in keys) / len(keys)
+            drift = float((mine - torch.from_numpy(np.asarray(X1[probe]))).abs().max())
+        print(f"layer 1 refitted ({time.perf_counter() - t0:.0f}s); max difference to the cached features {drift:.2e}",
+              flush=True)
+        t0 = time.perf_counter()
+        layer = SecondLayer(l1, rank=args.rank, rf=args.rf, k2=args.k2, alpha=args.alpha).fit(imgs, seed=args.order)
+        fit_s = time.perf_counter() - t0
+        print(f"layer 2 fitted ({fit_s:.0f}s); PCA keeps {100 * layer.pca_variance:.1f}% of the channel variance",
+              flush=True)
+        t0 = time.perf_counter()
+        X2 = np.zeros((len(ytr), 8 * args.k2), np.float32)
+        step = 256
+        for flip in flips:
+            for s in tqdm(range(0, len(ytr), step), desc="layer 2" + " (mirrored)" * flip):
+                x = torch.cat(list(batches(data.train, np.arange(s, min(s + step, len(ytr))), step)))
+                for maps in layer.shifted_maps(view(x, flip=flip), shifts):
+                    X2[s:s + len(x)] += layer.encode_maps(maps).numpy()
+        X2 /= len(keys)  # the views' mean, as layer 1's
+        enc_s = time.perf_counter() - t0
     val, inner = validation_rows(len(ytr), args.order, args.holdout)
     yf, yv = ytr[~val], ytr[val]
     grid = TrainConfig().slda_shrinkages
-    res = {"order": args.order, "encoder_kw": kw, "mirror": args.mirror, "shift": args.shift, "rank": args.rank, "rf": args.rf, "k2": args.k2, "alpha": args.alpha,
-           "pca_variance": layer.pca_variance, "layer1_drift": drift, "fit_seconds": fit_s,
+    res = {"order": args.order, "encoder_kw": kw, "mirror": args.mirror, "shift": args.shift, "rank": args.rank,
+           "rf": args.rf, "k2": args.k2, "alpha": args.alpha, "pca_variance": layer.pca_variance if layer else None,
+           "library": args.library, "layer1_drift": drift, "fit_seconds": fit_s,
            "layer2_encode_seconds_train": enc_s, "heads": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"layer2-{args.order}{'-mirror' * args.mirror}{f'-shift{args.shift}' * bool(args.shift)}.json"
+    path = out / (f"layer2-{args.order}{'-mirror' * args.mirror}{f'-shift{args.shift}' * bool(args.shift)}"
+                  f"{'-library' * args.library}.json")
 
     def save() -> None:
         atomic_write(path, lambda f: f.write(json.dumps(res, indent=2).encode()))

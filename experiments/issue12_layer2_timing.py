@@ -35,7 +35,8 @@ def library() -> None:
     both = E.create("kmeans_patches", layers=2, **kw).fit(imgs, seed=0, n_patches=20000)
     fit_s = time.perf_counter() - t
     one = E.create("kmeans_patches", **kw)
-    one.load_state_dict({k: v for k, v in both.state_dict().items() if not k.startswith("l2_")}, strict=False)
+    one.load_state_dict({k: v for k, v in both.state_dict().items() if not k.startswith(("l2_", "feat_"))},
+                        strict=False)
     one.feat_mean, one.feat_std = both.feat_mean[:one.embed_dim].clone(), both.feat_std[:one.embed_dim].clone()
     x = torch.cat(list(batches(data.train, np.arange(20000, 21024), 256)))
     shifts = _view_axes(False, 2)[1]

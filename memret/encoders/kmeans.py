@@ -20,8 +20,8 @@ standardised. The output is layer 1's features then layer 2's, ``feature_blocks 
 l2_centroids)``: a head that treats the blocks apart (``memret.heads.BlockSLDA``, one LDA per block) gains
 where one over the concatenation does not (experiments/RESULTS.md, 10.13-10.14). Layer 2 is made inside layer 1's
 pass (the cell means of every translated view come from the one activation map ``forward_shifted`` pools) and
-costs ~0.7x layer 1 at 32 px. It is meant for small images: at 224 px layer 1's map has 73 x 73 cells of 3, whose
-reduced maps for the 10,000 fit images alone are 14 GB.
+costs ~0.7-0.9x layer 1 at 32 px (RESULTS.md 10.14). It is meant for small images: at 224 px layer 1's map has
+73 x 73 cells of 3, whose reduced maps for the 10,000 fit images alone are 14 GB.
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ class PatchKMeansEncoder(nn.Module):
         """Fit layer 2 (layer 1 fitted); return both layers' unstandardised features of ``images``."""
         C = self.channels
         # the whitened PCA of layer 1's cell vectors, from a seeded subset of the images (~n_patches vectors)
-        per = ((images.shape[-2] - self.patch + 1) // self.l2_cell) * ((images.shape[-1] - self.patch + 1) // self.l2_cell)
+        rows, cols = images.shape[-2] - self.patch + 1, images.shape[-1] - self.patch + 1
+        per = (rows // self.l2_cell) * (cols // self.l2_cell)
         sub = torch.randperm(len(images), generator=g)[:max(1, -(-n_patches // per))].sort().values
         V = torch.cat([self._pooled_windows(images[sub[i:i + step]], [(0, 0)], cell=self.l2_cell)[1][0]
                        for i in range(0, len(sub), step)]).reshape(-1, C)
