@@ -353,7 +353,7 @@ def test_two_layer_kmeans_in_run_is_fitted_on_the_first_task_only_and_gets_one_s
     hold one SLDA per feature block (layer 1's, layer 2's), each with its own shrinkage, unless the config says."""
     import memret.encoders as E
     from memret.heads import BlockSLDA
-    from memret.incremental.run import encoder_blocks
+    from memret.incremental.features import encoder_blocks
 
     kw = {"n_centroids": 8, "encoding": "soft", "layers": 2, "l2_centroids": 5, "l2_rank": 4}
     assert encoder_blocks("kmeans_patches", kw) == (64, 40) and encoder_blocks("patch_dictionary", {}) is None

@@ -116,6 +116,20 @@ def build_encoder(encoder: str | torch.nn.Module, data: LabelledData, first: Tas
     return enc, encoder
 
 
+def encoder_blocks(encoder: str | torch.nn.Module, encoder_kw: dict) -> tuple[int, ...] | None:
+    """The widths of the encoder's blocks of features (``feature_blocks``), read without fitting or encoding it:
+    a module's attribute, or for ``kmeans_patches`` its unfitted module's (buffers only); None for the others."""
+    if isinstance(encoder, torch.nn.Module):
+        blocks = getattr(encoder, "feature_blocks", None)
+    elif encoder == "kmeans_patches":
+        import memret.encoders as E
+
+        blocks = E.create(encoder, **encoder_kw).feature_blocks
+    else:
+        return None
+    return tuple(int(b) for b in blocks) if blocks is not None else None
+
+
 def label_free_fit_images(data: LabelledData, first: Task, seed: int) -> torch.Tensor:
     """The images :func:`build_encoder` fits a label-free encoder on: up to 10,000 of task ``first``'s training
     rows, drawn with ``seed``, in row order."""

@@ -31,7 +31,7 @@ import torch
 
 from memret.incremental.backbone import FrozenFeatures, TrainedEncoder
 from memret.incremental.data import LabelledData, load_dataset
-from memret.incremental.features import build_encoder, extract_features, extract_views
+from memret.incremental.features import build_encoder, encoder_blocks, extract_features, extract_views
 from memret.incremental.catalog import METHODS, make_method
 from memret.incremental.streams import make_tasks
 from memret.incremental.training import TrainConfig
@@ -40,8 +40,8 @@ from memret.metrics import summarize
 from memret.persist import atomic_write
 
 log = logging.getLogger(__name__)
-__all__ = ["MethodResult", "RunResult", "cached_views", "encoder_blocks", "extract_features", "feature_cache_file",
-           "mean_views", "plot_accuracy", "run"]
+__all__ = ["MethodResult", "RunResult", "cached_views", "extract_features", "feature_cache_file", "mean_views",
+           "plot_accuracy", "run"]
 
 
 @dataclass
@@ -126,7 +126,7 @@ def run(
             core, ~4x the 400-centroid k-means encoder's rate; stride 2 would be 4x dearer);
             frozen unless ``train_encoder``. ``kmeans_patches`` with ``encoder_kw={"layers": 2, ...}`` adds a second
             label-free layer; its two blocks of features then get one SLDA each in ``slda`` and ``mtn_slda``
-            (``TrainConfig.slda_blocks``, read from the encoder by :func:`encoder_blocks`).
+            (``TrainConfig.slda_blocks``, read from the encoder by :func:`~memret.incremental.features.encoder_blocks`).
         memory: total exemplar budget (the quota per class shrinks as classes arrive), or
         per_class: a fixed number per class (iCaRL protocol: 20). ``imagenet1k`` defaults to 20 per class.
         policy: exemplar selection (``herding``, ``random``, ``closest``, ``reservoir``).
@@ -209,20 +209,6 @@ def run(
         if plot:
             plot_accuracy(result, out / "accuracy.png")
     return result
-
-
-def encoder_blocks(encoder: str | torch.nn.Module, encoder_kw: dict) -> tuple[int, ...] | None:
-    """The widths of the encoder's blocks of features (``feature_blocks``), read without fitting or encoding it:
-    a module's attribute, or for ``kmeans_patches`` its unfitted module's (buffers only); None for the others."""
-    if isinstance(encoder, torch.nn.Module):
-        blocks = getattr(encoder, "feature_blocks", None)
-    elif encoder == "kmeans_patches":
-        import memret.encoders as E
-
-        blocks = E.create(encoder, **encoder_kw).feature_blocks
-    else:
-        return None
-    return tuple(int(b) for b in blocks) if blocks is not None else None
 
 
 def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, tasks: int, seed: int, init_seed: int,
