@@ -151,12 +151,11 @@ def main() -> None:
 
     kw = json.loads(args.encoder_kw)
     enc = "kmeans_patches"
+    if args.library:  # the library's two-layer encoder, as run() cached it: layer 1's block, then layer 2's
+        kw = {**kw, "layers": 2}
     data, ytr, stream, cache = order_stream(enc, kw, args.order, root=args.root, cache_dir=args.cache_dir)
     flips, shifts = _view_axes(args.mirror, args.shift)  # run()'s views
     # layer 1: the views' mean as run() makes it, read once from its caches (one view: the cached array itself)
-    if args.library:  # the library's two-layer encoder, as run() cached it: layer 1's block, then layer 2's
-        kw = {**kw, "layers": 2}
-        data, ytr, stream, cache = order_stream(enc, kw, args.order, root=args.root, cache_dir=args.cache_dir)
     X1 = mean_views(data, enc, kw, stream[0], args.order, cache, mirror=args.mirror, shift=args.shift)[0]
     if args.library:
         X1, X2 = X1[:, :-8 * args.k2], X1[:, -8 * args.k2:]

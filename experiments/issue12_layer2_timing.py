@@ -22,24 +22,33 @@ import numpy as np
 import torch
 
 
-def library() -> None:
-    import memret.encoders as E
+KW = {"n_centroids": 1600, "encoding": "soft"}  # run()'s layer 1
+
+
+def _inputs():
+    """``(data, stream, fit images, timed images, shifts)``: order 1993, 2,000 of the first task's fit images,
+    1,024 training images and one flip's views of run()'s shift_views=2."""
     from issue12_ceiling import order_stream
     from memret.incremental.features import batches, label_free_fit_images
     from memret.incremental.run import _view_axes
 
-    kw = {"n_centroids": 1600, "encoding": "soft"}
-    data, _, stream, _ = order_stream("kmeans_patches", kw, 1993)
+    data, _, stream, _ = order_stream("kmeans_patches", KW, 1993)
     imgs = label_free_fit_images(data, stream[0], 1993)[:2000]
+    x = torch.cat(list(batches(data.train, np.arange(20000, 21024), 256)))
+    return data, stream, imgs, x, _view_axes(False, 2)[1]
+
+
+def library() -> None:
+    import memret.encoders as E
+
+    _, _, imgs, x, shifts = _inputs()
     t = time.perf_counter()
-    both = E.create("kmeans_patches", layers=2, **kw).fit(imgs, seed=0, n_patches=20000)
+    both = E.create("kmeans_patches", layers=2, **KW).fit(imgs, seed=0, n_patches=20000)
     fit_s = time.perf_counter() - t
-    one = E.create("kmeans_patches", **kw)
+    one = E.create("kmeans_patches", **KW)
     one.load_state_dict({k: v for k, v in both.state_dict().items() if not k.startswith(("l2_", "feat_"))},
                         strict=False)
     one.feat_mean, one.feat_std = both.feat_mean[:one.embed_dim].clone(), both.feat_std[:one.embed_dim].clone()
-    x = torch.cat(list(batches(data.train, np.arange(20000, 21024), 256)))
-    shifts = _view_axes(False, 2)[1]
     with torch.inference_mode():
         a = one.forward_shifted(x[:8], shifts)
         b = both.forward_shifted(x[:8], shifts)
@@ -61,17 +70,12 @@ def main() -> None:
 
     if "--library" in sys.argv[1:]:
         return library()
-    from issue12_ceiling import order_stream
     from issue12_layer2 import SecondLayer
-    from memret.incremental.features import batches, build_encoder, label_free_fit_images
-    from memret.incremental.run import _view_axes
+    from memret.incremental.features import build_encoder
 
-    kw = {"n_centroids": 1600, "encoding": "soft"}
-    data, _, stream, _ = order_stream("kmeans_patches", kw, 1993)
-    l1, _ = build_encoder("kmeans_patches", data, stream[0], kw, 1993)
-    layer = SecondLayer(l1).fit(label_free_fit_images(data, stream[0], 1993)[:2000], seed=0, n_patches=20000)
-    x = torch.cat(list(batches(data.train, np.arange(20000, 21024), 256)))
-    shifts = _view_axes(False, 2)[1]  # one flip's views in run()'s shift_views=2
+    data, stream, imgs, x, shifts = _inputs()
+    l1, _ = build_encoder("kmeans_patches", data, stream[0], KW, 1993)
+    layer = SecondLayer(l1).fit(imgs, seed=0, n_patches=20000)
     with torch.inference_mode():
         t = time.perf_counter()
         l1.forward_shifted(x, shifts)

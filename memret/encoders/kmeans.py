@@ -127,11 +127,7 @@ class PatchKMeansEncoder(nn.Module):
         sampled patches of its input."""
         n_patches = n_patches or self.fit_patches
         if self.layers == 2:  # refused before anything is written
-            side = min(images.shape[-2:]) - self.patch + 1
-            if side // self.l2_cell < self.l2_patch:
-                raise ValueError(f"layer 2 needs at least {self.l2_patch} x {self.l2_patch} cells of {self.l2_cell} "
-                                 f"positions; {tuple(images.shape[-2:])} images give {side // self.l2_cell} a side: "
-                                 f"the image is too small for l2_cell={self.l2_cell}")
+            self._check_cells(*((n - self.patch + 1) // self.l2_cell for n in images.shape[-2:]))
         g = torch.Generator().manual_seed(seed)
         per_img = max(1, n_patches // len(images))
         pats = self._patches(images)  # (N, L, P)
@@ -197,11 +193,14 @@ class PatchKMeansEncoder(nn.Module):
         """(N, s, t, C) cell means of layer 1's map -> (N, s, t, l2_rank) whitened principal components."""
         return (cells - self.l2_mean) @ self.l2_proj
 
+    def _check_cells(self, s: int, t: int) -> None:
+        if min(s, t) < self.l2_patch:
+            raise ValueError(f"layer 2 needs at least {self.l2_patch} x {self.l2_patch} cells of {self.l2_cell} "
+                             f"positions, got {s} x {t}: the image is too small for l2_cell={self.l2_cell}")
+
     def _l2_patches(self, maps: torch.Tensor) -> torch.Tensor:
         """(N, s, t, r) reduced maps -> (N, L2, l2_patch^2 r) patches."""
-        if min(maps.shape[1:3]) < self.l2_patch:
-            raise ValueError(f"layer 2 needs at least {self.l2_patch} x {self.l2_patch} cells, got "
-                             f"{tuple(maps.shape[1:3])}: the image is too small for l2_cell={self.l2_cell}")
+        self._check_cells(*maps.shape[1:3])
         return F.unfold(maps.permute(0, 3, 1, 2), self.l2_patch).transpose(1, 2)
 
     def _layer2(self, cells: torch.Tensor, reduced: bool = False) -> torch.Tensor:

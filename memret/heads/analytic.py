@@ -36,7 +36,28 @@ def _as_tensor(x, dtype=torch.float32) -> torch.Tensor:
     return t.to(dtype)
 
 
-class _AnalyticHead:
+def block_widths(blocks, what: str = "blocks") -> tuple[int, ...]:
+    """``blocks`` as a tuple of positive int widths (:class:`BlockSLDA`, ``TrainConfig.slda_blocks``); anything else
+    (a string, an int, no widths, a bool, a float, a width < 1) is refused with a ValueError naming ``what``."""
+    if (isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__len__") or not len(blocks)
+            or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in blocks)):
+        raise ValueError(f"{what} must be a sequence of positive int widths, got {blocks!r}")
+    return tuple(int(b) for b in blocks)
+
+
+class _Predicts:
+    """``predict`` for a head with ``seen`` and ``scores``: the best-scoring class among those seen so far."""
+
+    def predict(self, features) -> np.ndarray:
+        """(N,) predicted labels among the classes seen so far."""
+        if not bool(self.seen.any()):
+            raise RuntimeError(f"{type(self).__name__} has seen no data: call fit_task first")
+        s = self.scores(features)
+        s[:, ~self.seen.numpy()] = -np.inf
+        return s.argmax(1)
+
+
+class _AnalyticHead(_Predicts):
     """What RanPAC and SLDA share: the seen classes, prediction among them, input checks."""
 
     def __init__(self, n_classes: int, chunk: int = 4096) -> None:
@@ -73,14 +94,6 @@ class _AnalyticHead:
 
     def scores(self, features) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
-
-    def predict(self, features) -> np.ndarray:
-        """(N,) predicted labels among the classes seen so far."""
-        if not bool(self.seen.any()):
-            raise RuntimeError(f"{type(self).__name__} has seen no data: call fit_task first")
-        s = self.scores(features)
-        s[:, ~self.seen.numpy()] = -np.inf
-        return s.argmax(1)
 
 
 class RanPAC(_AnalyticHead):
@@ -457,7 +470,7 @@ class SLDA(_AnalyticHead):
         self.dim = None if dim < 0 else dim
 
 
-class BlockSLDA:
+class BlockSLDA(_Predicts):
     """LDA with a block-diagonal shared covariance: one :class:`SLDA` per block of feature columns, scores summed.
 
     For features that concatenate blocks of different kinds (``kmeans_patches`` with ``layers=2``: layer 1's and
@@ -472,10 +485,7 @@ class BlockSLDA:
     """
 
     def __init__(self, n_classes: int, blocks, **kw) -> None:
-        if (isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__len__") or not len(blocks)
-                or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in blocks)):
-            raise ValueError(f"blocks must be a sequence of positive int widths, got {blocks!r}")
-        self.blocks = tuple(int(b) for b in blocks)
+        self.blocks = block_widths(blocks)
         self.heads = [SLDA(n_classes, **kw) for _ in self.blocks]
         self.n_classes, self.dim = int(n_classes), sum(self.blocks)
         self._edges = np.cumsum((0,) + self.blocks)
@@ -509,14 +519,6 @@ class BlockSLDA:
         for h, part in zip(self.heads[1:], parts[1:]):
             out += h.scores(part)
         return out
-
-    def predict(self, features) -> np.ndarray:
-        """(N,) predicted labels among the classes seen so far."""
-        if not bool(self.seen.any()):
-            raise RuntimeError("BlockSLDA has seen no data: call fit_task first")
-        s = self.scores(features)
-        s[:, ~self.seen.numpy()] = -np.inf
-        return s.argmax(1)
 
     def state_dict(self) -> dict:
         return {"blocks": torch.tensor(self.blocks)} | {f"block{i}.{k}": v for i, h in enumerate(self.heads)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from memret.heads.analytic import block_widths
+
 
 MTN_RETRIEVALS = ("global", "per_class")
 MTN_TRAINS = ("task", "memory")
@@ -81,11 +83,7 @@ class TrainConfig:
         if self.mtn_train not in MTN_TRAINS:
             raise ValueError(f"unknown mtn_train {self.mtn_train!r}; known: {list(MTN_TRAINS)}")
         if self.slda_blocks is not None:
-            blocks = self.slda_blocks
-            if (isinstance(blocks, (str, bytes)) or not len(blocks)
-                    or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in blocks)):
-                raise ValueError(f"slda_blocks must be None or positive ints, got {blocks!r}")
-            object.__setattr__(self, "slda_blocks", tuple(int(b) for b in blocks))
+            object.__setattr__(self, "slda_blocks", block_widths(self.slda_blocks, "slda_blocks"))
 
 
 def derive_seed(seed: int, *salt: int) -> int:
