@@ -328,6 +328,32 @@ def test_mean_views_sums_the_views_as_cached_views_reads_them(tmp_path):
         np.testing.assert_allclose(encoded[i], expect, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(read[i], expect, rtol=1e-5, atol=1e-6)
         assert not np.allclose(views[0][i], expect, atol=1e-3)   # the views differ: the mean is not one of them
+    # the encoded views went through memmapped files beside the cache (not memory), all removed afterwards
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    unwritten = mean_views(data, "kmeans_patches", kw, first, 7, tmp_path / "none" / f.name, mirror=True, shift=1,
+                           write=False)
+    assert not (tmp_path / "none").exists()
+    one = mean_views(data, "kmeans_patches", kw, first, 7, tmp_path / "one" / f.name)   # a single view, cached
+    for i in (0, 1):
+        np.testing.assert_allclose(unwritten[i], encoded[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(one[i], views[0][i], rtol=1e-5, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f.name]
+
+
+def test_extract_views_writes_into_the_arrays_alloc_gives():
+    from memret.incremental.features import extract_views
+
+    data, bufs = tiny_data(), {}
+    enc = FixedProjection()
+
+    def alloc(k, shape):
+        bufs[k] = np.full(shape, np.nan, np.float32)
+        return bufs[k]
+
+    out = extract_views(enc, data.train, [(0, 0), (1, 1)], batch=7, alloc=alloc)
+    assert [o is bufs[k] for k, o in enumerate(out)] == [True, True]
+    np.testing.assert_allclose(out[0], extract_views(enc, data.train, [(0, 0)], batch=7)[0], rtol=1e-6)
+    assert not np.isnan(out[1]).any()
 
 
 def test_cli_passes_encoder_kw_and_mirror_views_to_run(monkeypatch):

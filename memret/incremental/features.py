@@ -56,10 +56,15 @@ def extract_features(encoder: torch.nn.Module, data, batch: int = 256, device: s
 
 @torch.no_grad()
 def extract_views(encoder: torch.nn.Module, data, shifts, batch: int = 256, device: str = "cpu",
-                  desc: str = "features", rows: np.ndarray | None = None, flip: bool = False) -> list[np.ndarray]:
+                  desc: str = "features", rows: np.ndarray | None = None, flip: bool = False,
+                  alloc=None) -> list[np.ndarray]:
     """:func:`extract_features` of each :func:`view` ``(flip, shift)`` for ``shift`` in ``shifts``, in one pass
     over the data; an encoder with ``forward_shifted`` (``PatchKMeansEncoder``) makes all the translated views
-    from one activation map."""
+    from one activation map.
+
+    ``alloc(k, shape)``: the float32 array view ``k`` is written into (e.g. a disk-backed ``np.memmap``, so that
+    several wide views need not fit in memory at once); without it, or under ``torch.distributed``, in memory.
+    """
     from tqdm.auto import tqdm
 
     dist = torch.distributed
@@ -77,7 +82,8 @@ def extract_views(encoder: torch.nn.Module, data, shifts, batch: int = 256, devi
         x = view(x, flip).to(device)
         outs = encoder.forward_shifted(x, shifts) if shared else [encoder(view(x, shift=s)) for s in shifts]
         if mine_out is None:
-            mine_out = [np.empty((len(mine), o.shape[1]), np.float32) for o in outs]
+            new = alloc if alloc is not None and world == 1 else lambda k, shape: np.empty(shape, np.float32)
+            mine_out = [new(k, (len(mine), o.shape[1])) for k, o in enumerate(outs)]
         for buf, o in zip(mine_out, outs):
             buf[pos:pos + len(o)] = o.float().cpu().numpy()
         pos += len(x)
