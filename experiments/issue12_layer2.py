@@ -145,7 +145,7 @@ def main() -> None:
     from memret.heads import SLDA
     from memret.incremental import TrainConfig
     from memret.incremental.features import batches, build_encoder, label_free_fit_images, view
-    from memret.incremental.run import _view_axes, _view_keys, mean_views
+    from memret.incremental.views import _view_axes, _view_keys, mean_views
     from memret.persist import atomic_write
     from tqdm import tqdm
 

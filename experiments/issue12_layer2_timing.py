@@ -30,7 +30,7 @@ def _inputs():
     1,024 training images and one flip's views of run()'s shift_views=2."""
     from issue12_ceiling import order_stream
     from memret.incremental.features import batches, label_free_fit_images
-    from memret.incremental.run import _view_axes
+    from memret.incremental.views import _view_axes
 
     data, _, stream, _ = order_stream("kmeans_patches", KW, 1993)
     imgs = label_free_fit_images(data, stream[0], 1993)[:2000]

@@ -43,7 +43,7 @@ def main() -> None:
 
     from memret.heads import SLDA
     from memret.incremental import TrainConfig
-    from memret.incremental.run import _view_keys, _views
+    from memret.incremental.views import _view_keys, _views
     from memret.persist import atomic_write
 
     kw = json.loads(args.encoder_kw)
