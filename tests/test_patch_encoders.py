@@ -225,25 +225,6 @@ def test_kmeans_second_layer_by_hand():
     assert bool(((var > 0.5) & (var < 1.05)).all()), var
 
 
-@pytest.mark.parametrize("chunk", [None, 5 * 36 * 16])   # fit's passes in one chunk, or in chunks of 5 images
-def test_kmeans_second_layer_pca_is_over_every_cell_of_every_fit_image(monkeypatch, chunk):
-    """Layer 2's PCA: the mean and covariance of the cells of all the fitted images (not a subsample, even when
-    n_patches is small), its components whitened with l2_eps_pca relative to the largest eigenvalue."""
-    if chunk:
-        monkeypatch.setattr(PatchKMeansEncoder, "fit_chunk", chunk)
-    imgs = _images(30, side=15)
-    enc = _two_layer().fit(imgs, n_patches=300, seed=0)    # 300 patches: fewer than one image's 36 cells x 30
-    with torch.no_grad():
-        cells = enc._pooled_windows(imgs, [(0, 0)], cell=2)[1][0].reshape(-1, enc.channels).double()
-    m = cells.mean(0)
-    lam, U = torch.linalg.eigh(torch.cov((cells - m).T, correction=0))
-    lam, U = lam.flip(0)[:5], U.flip(1)[:, :5]
-    torch.testing.assert_close(enc.l2_mean.double(), m, rtol=1e-5, atol=1e-6)
-    P = enc.l2_proj.double()
-    U = U * torch.sign((U * P).sum(0))                                     # eigenvectors' signs are arbitrary
-    torch.testing.assert_close(P, U / torch.sqrt(lam + enc.l2_eps_pca * lam[0]), rtol=1e-3, atol=1e-4)
-
-
 @pytest.mark.parametrize("side", [15, 16])   # cells of 2 divide 12 x 12 positions (reshape-sum), not 13 (adaptive)
 def test_kmeans_second_layer_fast_paths_equal_the_differentiable_one_and_each_translated_view(side):
     x = _images(6, side=side, seed=2)

@@ -69,8 +69,6 @@ class PatchKMeansEncoder(nn.Module):
             ``eps_zca``, as layer 1's). Layer 2 reads either encoding's map; it was measured over the soft one.
     """
 
-    fit_chunk = 1 << 25  # activation-map entries per chunk of images in fit's passes
-
     def __init__(self, n_centroids: int = 400, patch: int = 6, in_chans: int = 3, eps_norm: float = 0.01,
                  eps_zca: float = 0.1, fit_patches: int = 100_000, encoding: str = "triangle",
                  alpha: float = 0.25, pool: int = 2, layers: int = 1, l2_centroids: int = 800, l2_rank: int = 64,
@@ -142,7 +140,7 @@ class PatchKMeansEncoder(nn.Module):
             cent = cent / cent.norm(dim=1, keepdim=True).clamp(min=1e-8)
         self.centroids.copy_(cent)
         self.fitted.fill_(True)
-        step = max(1, self.fit_chunk // (pats.shape[1] * self.channels))
+        step = max(1, (1 << 25) // (pats.shape[1] * self.channels))
         del pats, sample
         if self.layers == 1:
             feats = torch.cat([self._pooled(images[i:i + step]) for i in range(0, len(images), step)])
@@ -160,24 +158,17 @@ class PatchKMeansEncoder(nn.Module):
                     niter: int) -> torch.Tensor:
         """Fit layer 2 (layer 1 fitted); return both layers' unstandardised features of ``images``."""
         C = self.channels
-        # the whitened PCA of layer 1's cell vectors, over every cell of every image: its moments summed in
-        # float64, each chunk centred on the first chunk's mean (no cancellation in the second moment)
-        S = torch.zeros(C, C, dtype=torch.float64)
-        total = torch.zeros(C, dtype=torch.float64)
-        m0, n = None, 0
-        for i in range(0, len(images), step):
-            V = self._pooled_windows(images[i:i + step], [(0, 0)], cell=self.l2_cell)[1][0].reshape(-1, C)
-            m0 = V.mean(0) if m0 is None else m0
-            V -= m0
-            S += (V.T @ V).double()
-            total += V.sum(0, dtype=torch.float64)
-            n += len(V)
+        # the whitened PCA of layer 1's cell vectors, from a seeded subset of the images (~n_patches vectors)
+        rows, cols = images.shape[-2] - self.patch + 1, images.shape[-1] - self.patch + 1
+        per = (rows // self.l2_cell) * (cols // self.l2_cell)
+        sub = torch.randperm(len(images), generator=g)[:max(1, -(-n_patches // per))].sort().values
+        V = torch.cat([self._pooled_windows(images[sub[i:i + step]], [(0, 0)], cell=self.l2_cell)[1][0]
+                       for i in range(0, len(sub), step)]).reshape(-1, C)
+        m = V.mean(0)
+        lam, U = torch.linalg.eigh(torch.cov((V - m).T).double())
         del V
-        d = total / n
-        m = m0.double() + d
-        lam, U = torch.linalg.eigh(S / n - torch.outer(d, d))
         lam, U = lam.flip(0)[:self.l2_rank], U.flip(1)[:, :self.l2_rank]
-        self.l2_mean.copy_(m.float())
+        self.l2_mean.copy_(m)
         self.l2_proj.copy_((U / torch.sqrt(lam.clamp(min=0) + self.l2_eps_pca * lam[0])).float())
         # one pass over the images: layer 1's features and the reduced maps layer 2 reads
         f1, maps = [], []

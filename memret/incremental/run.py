@@ -212,11 +212,6 @@ def run(
     return result
 
 
-# Bumped when a fitted encoder's features change for the same name and keywords (2: layer 2's PCA of
-# kmeans_patches over every fit image's cells), so an older cache is never read as the new features.
-FEATURES_VERSION = 2
-
-
 def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, tasks: int, seed: int, init_seed: int,
                        cache_dir: str | os.PathLike = "indices", fingerprint: str | None = None) -> Path:
     """Where :func:`run` caches the frozen features of ``data`` (an npz with ``train`` and ``test`` arrays).
@@ -225,7 +220,7 @@ def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, task
     the stream: runs that differ only in methods, memory or training share them. ``fingerprint``:
     ``data.fingerprint()`` when the caller has it already (it hashes every pixel or file path).
     """
-    feat_key = json.dumps([FEATURES_VERSION, data.name, fingerprint or data.fingerprint(), len(data.train.targets),
+    feat_key = json.dumps([data.name, fingerprint or data.fingerprint(), len(data.train.targets),
                            len(data.test.targets), enc_name, sorted(encoder_kw.items(), key=str), tasks, seed,
                            init_seed], default=str)
     return Path(cache_dir) / f"features-{data.name}-{hashlib.sha256(feat_key.encode()).hexdigest()[:12]}.npz"
