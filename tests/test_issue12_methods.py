@@ -309,11 +309,15 @@ def test_shift_views_make_every_feature_the_mean_over_the_translated_and_mirrore
             config=replace(FAST, shift_views=2), out=tmp_path / "t", plot=False, cache_dir=tmp_path)
 
 
-def test_mean_views_sums_the_views_as_cached_views_reads_them(tmp_path):
+def test_mean_views_sums_the_views_as_cached_views_reads_them(tmp_path, monkeypatch):
     """mean_views (what run() reads with mirror_views / shift_views) is the mean of cached_views' six views,
     both when it encodes and caches them and when it reads them back (a registry encoder: the cache is used)."""
+    import memret.incremental.views as V
     from memret.incremental.run import cached_views, feature_cache_file, mean_views
 
+    on_disk = []
+    real = V._disk_array
+    monkeypatch.setattr(V, "_disk_array", lambda folder, shape: on_disk.append(shape) or real(folder, shape))
     data = tiny_data()
     kw = {"n_centroids": 4, "patch": 3, "fit_patches": 500, "encoding": "soft"}
     first = make_tasks(data.train.targets, data.test.targets, 2, 1)[0]
@@ -328,8 +332,12 @@ def test_mean_views_sums_the_views_as_cached_views_reads_them(tmp_path):
         np.testing.assert_allclose(encoded[i], expect, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(read[i], expect, rtol=1e-5, atol=1e-6)
         assert not np.allclose(views[0][i], expect, atol=1e-3)   # the views differ: the mean is not one of them
-    # the encoded views went through memmapped files beside the cache (not memory), all removed afterwards
+    # each flip's three encoded views (train and test) went through memmapped files beside the cache, not memory,
+    # and no file is left behind
+    assert len(on_disk) == 2 * 3 * 2 and {sh[0] for sh in on_disk} == {len(data.train.targets),
+                                                                        len(data.test.targets)}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    on_disk.clear()
     unwritten = mean_views(data, "kmeans_patches", kw, first, 7, tmp_path / "none" / f.name, mirror=True, shift=1,
                            write=False)
     assert not (tmp_path / "none").exists()
@@ -338,6 +346,7 @@ def test_mean_views_sums_the_views_as_cached_views_reads_them(tmp_path):
         np.testing.assert_allclose(unwritten[i], encoded[i], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(one[i], views[0][i], rtol=1e-5, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [f.name]
+    assert on_disk == []   # without the cache written, or with one view a flip, nothing goes through files
 
 
 def test_extract_views_writes_into_the_arrays_alloc_gives():
@@ -353,7 +362,7 @@ def test_extract_views_writes_into_the_arrays_alloc_gives():
     out = extract_views(enc, data.train, [(0, 0), (1, 1)], batch=7, alloc=alloc)
     assert [o is bufs[k] for k, o in enumerate(out)] == [True, True]
     np.testing.assert_allclose(out[0], extract_views(enc, data.train, [(0, 0)], batch=7)[0], rtol=1e-6)
-    assert not np.isnan(out[1]).any()
+    np.testing.assert_allclose(out[1], extract_views(enc, data.train, [(1, 1)], batch=7)[0], rtol=1e-6)
 
 
 def test_cli_passes_encoder_kw_and_mirror_views_to_run(monkeypatch):
