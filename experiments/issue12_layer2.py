@@ -125,7 +125,8 @@ def main() -> None:
     ap.add_argument("--order", type=int, default=1993)
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--rf", type=int, default=3)
-    ap.add_argument("--k2", type=int, default=800)
+    ap.add_argument("--k2", type=int, default=800, help="the probe's layer-2 centroids (--library reads the "
+                    "encoder's own, l2_centroids in --encoder-kw)")
     ap.add_argument("--alpha", type=float, default=0.25)
     ap.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--concat", action="store_true")
@@ -144,7 +145,7 @@ def main() -> None:
     from issue12_ceiling import order_stream, validation_rows
     from memret.heads import SLDA
     from memret.incremental import TrainConfig
-    from memret.incremental.features import batches, build_encoder, label_free_fit_images, view
+    from memret.incremental.features import batches, build_encoder, encoder_blocks, label_free_fit_images, view
     from memret.incremental.views import _view_axes, _view_keys, mean_views
     from memret.persist import atomic_write
     from tqdm import tqdm
@@ -157,11 +158,12 @@ def main() -> None:
     flips, shifts = _view_axes(args.mirror, args.shift)  # run()'s views
     # layer 1: the views' mean as run() makes it, read once from its caches (one view: the cached array itself)
     X1 = mean_views(data, enc, kw, stream[0], args.order, cache, mirror=args.mirror, shift=args.shift)[0]
-    if args.library:
-        X1, X2 = X1[:, :-8 * args.k2], X1[:, -8 * args.k2:]
+    if args.library:  # split where the encoder's own blocks do (its l2_centroids, not --k2)
+        width = encoder_blocks(enc, kw)[0]
+        X1, X2 = X1[:, :width], X1[:, width:]
         layer, drift, fit_s, enc_s = None, 0.0, 0.0, 0.0
-    t0 = time.perf_counter()
-    if not args.library:
+    else:
+        t0 = time.perf_counter()
         l1, _ = build_encoder(enc, data, stream[0], kw, args.order)  # as run() fits it
         imgs = label_free_fit_images(data, stream[0], args.order)  # the images it was fitted on
         probe = np.arange(16)
@@ -191,8 +193,9 @@ def main() -> None:
     yf, yv = ytr[~val], ytr[val]
     grid = TrainConfig().slda_shrinkages
     res = {"order": args.order, "encoder_kw": kw, "mirror": args.mirror, "shift": args.shift, "rank": args.rank,
-           "rf": args.rf, "k2": args.k2, "alpha": args.alpha, "pca_variance": layer.pca_variance if layer else None,
-           "library": args.library, "layer1_drift": drift, "fit_seconds": fit_s,
+           "rf": args.rf, "k2": X2.shape[1] // 8, "alpha": args.alpha,
+           "pca_variance": layer.pca_variance if layer else None, "library": args.library,
+           "layer1_drift": drift, "fit_seconds": fit_s,
            "layer2_encode_seconds_train": enc_s, "heads": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
