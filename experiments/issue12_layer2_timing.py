@@ -43,7 +43,8 @@ def library() -> None:
 
     _, _, imgs, x, shifts = _inputs()
     t = time.perf_counter()
-    both = E.create("kmeans_patches", layers=2, **KW).fit(imgs, seed=0, n_patches=20000)
+    # 10.14's layer 2 of 800 centroids, the default then
+    both = E.create("kmeans_patches", layers=2, l2_centroids=800, **KW).fit(imgs, seed=0, n_patches=20000)
     fit_s = time.perf_counter() - t
     one = E.create("kmeans_patches", **KW)
     one.load_state_dict({k: v for k, v in both.state_dict().items() if not k.startswith(("l2_", "feat_"))},

@@ -196,6 +196,31 @@ def test_feature_cache_is_keyed_by_the_data_not_its_name(tmp_path):
     assert tiny_data().fingerprint() == tiny_data().fingerprint() != other.fingerprint()
 
 
+def test_feature_cache_key_holds_the_encoders_defaults(tmp_path, monkeypatch):
+    """A default left out or written out is one cache and a changed default another: a cache written before a
+    default changed is not read back as the new default's features."""
+    from memret.encoders.kmeans import PatchKMeansEncoder
+    from memret.incremental.features import resolved_encoder_kw
+    from memret.incremental.run import feature_cache_file
+
+    data = tiny_data()
+
+    def key(kw, name="kmeans_patches"):
+        return feature_cache_file(data, name, kw, 2, 1, 1, tmp_path, fingerprint="f")
+
+    before = key({"layers": 2})
+    assert before == key({"layers": 2, "l2_centroids": 1600, "n_centroids": 400})
+    assert before != key({"layers": 2, "l2_centroids": 800})
+    assert key({}, "patch_dictionary") == key({"n_patches": 1024, "stride": 2}, "patch_dictionary")
+    assert key({}, "patch_dictionary") != key({"n_patches": 2048}, "patch_dictionary")
+    d = PatchKMeansEncoder.__init__.__defaults__
+    moved = tuple(800 if v == 1600 else v for v in d)       # l2_centroids' default back to 800
+    assert sum(a != b for a, b in zip(d, moved)) == 1
+    monkeypatch.setattr(PatchKMeansEncoder.__init__, "__defaults__", moved)
+    assert key({"layers": 2}) == key({"layers": 2, "l2_centroids": 800}) != before
+    assert resolved_encoder_kw("resnet8_cifar", {"width": 8}) == {"width": 8}   # others: as given
+
+
 class _FixedEncoder(torch.nn.Module):
     """A frozen, seed-independent encoder: per-channel means of 4x4 cells (48-d)."""
 

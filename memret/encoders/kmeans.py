@@ -15,7 +15,8 @@ channels, ``embed_dim = 2 * pool**2 * n_centroids``. The k-means itself is FAISS
 "Selecting receptive fields in deep networks"), fitted on the same images, no labels: the map is averaged over
 ``l2_cell`` x ``l2_cell`` cells (9 x 9 cells of a 27 x 27 map), its channels reduced by a whitened PCA to
 ``l2_rank``, then ``l2_patch`` x ``l2_patch`` patches of it are ZCA-whitened and soft-thresholded (``alpha``, both
-polarities) against a spherical k-means dictionary of ``l2_centroids``, sum-pooled over the same ``pool`` grid and
+polarities) against a spherical k-means dictionary of ``l2_centroids`` (1,600 by default, chosen over 800 on a
+validation split: RESULTS.md 10.15), sum-pooled over the same ``pool`` grid and
 standardised. The output is layer 1's features then layer 2's, ``feature_blocks = (layer 1, 2 * pool**2 *
 l2_centroids)``: a head that treats the blocks apart (``memret.heads.BlockSLDA``, one LDA per block) gains
 where one over the concatenation does not (experiments/RESULTS.md, 10.13-10.14). Layer 2 is made inside layer 1's
@@ -71,9 +72,11 @@ class PatchKMeansEncoder(nn.Module):
 
     def __init__(self, n_centroids: int = 400, patch: int = 6, in_chans: int = 3, eps_norm: float = 0.01,
                  eps_zca: float = 0.1, fit_patches: int = 100_000, encoding: str = "triangle",
-                 alpha: float = 0.25, pool: int = 2, layers: int = 1, l2_centroids: int = 800, l2_rank: int = 64,
+                 alpha: float = 0.25, pool: int = 2, layers: int = 1, l2_centroids: int = 1600, l2_rank: int = 64,
                  l2_patch: int = 3, l2_cell: int = 3, l2_eps_pca: float = 1e-2) -> None:
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        self.hparams = hparams  # every constructor argument, defaults filled in: what the features depend on
         if encoding not in ("triangle", "soft"):
             raise ValueError(f"encoding must be 'triangle' or 'soft', got {encoding!r}")
         if int(pool) != pool or pool < 1:

@@ -136,6 +136,20 @@ def encoder_blocks(encoder: str | torch.nn.Module, encoder_kw: dict) -> tuple[in
     return tuple(int(b) for b in blocks) if blocks is not None else None
 
 
+def resolved_encoder_kw(encoder: str | torch.nn.Module, encoder_kw: dict) -> dict:
+    """``encoder_kw`` with the encoder's own defaults filled in (its unfitted module's ``hparams``), for the
+    label-free encoders, whose features depend on nothing else; other encoders' ``encoder_kw`` as given.
+
+    :func:`memret.incremental.run.feature_cache_file` and ``run()``'s checkpoints key on this, so a cache written
+    before a default changed is not read back as the new default's features.
+    """
+    if encoder in ("kmeans_patches", "patch_dictionary"):
+        import memret.encoders as E
+
+        return dict(E.create(encoder, **encoder_kw).hparams)
+    return dict(encoder_kw)
+
+
 def label_free_fit_images(data: LabelledData, first: Task, seed: int) -> torch.Tensor:
     """The images :func:`build_encoder` fits a label-free encoder on: up to 10,000 of task ``first``'s training
     rows, drawn with ``seed``, in row order."""

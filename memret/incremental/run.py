@@ -31,7 +31,7 @@ import torch
 
 from memret.incremental.backbone import FrozenFeatures, TrainedEncoder
 from memret.incremental.data import LabelledData, load_dataset
-from memret.incremental.features import build_encoder, encoder_blocks, extract_features
+from memret.incremental.features import build_encoder, encoder_blocks, extract_features, resolved_encoder_kw
 from memret.incremental.catalog import METHODS, make_method
 from memret.incremental.streams import make_tasks
 from memret.incremental.training import TrainConfig
@@ -171,9 +171,9 @@ def run(
     enc_name = encoder if isinstance(encoder, str) else type(encoder).__name__
     # where the data came from, not just its name: two data sets called "tiny" never share features or runs
     fingerprint = data.fingerprint()
-    key = json.dumps([data.name, fingerprint, tasks, enc_name, sorted(encoder_kw.items(), key=str), memory,
-                      per_class, policy, seed, init_seed, asdict(cfg)] + (["train_encoder"] if train_encoder else []),
-                     default=str)
+    enc_kw_key = sorted(resolved_encoder_kw(encoder, encoder_kw).items(), key=str)  # defaults too: they change
+    key = json.dumps([data.name, fingerprint, tasks, enc_name, enc_kw_key, memory, per_class, policy, seed, init_seed,
+                      asdict(cfg)] + (["train_encoder"] if train_encoder else []), default=str)
     run_id = hashlib.sha256(key.encode()).hexdigest()[:10]
     out = Path(out or f"runs/{data.name}-{tasks}t-{run_id}")
     main = _is_main()
@@ -218,10 +218,12 @@ def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, task
 
     Features depend on the data, the encoder, its seeded init and (for encoders fitted on the first task)
     the stream: runs that differ only in methods, memory or training share them. ``fingerprint``:
-    ``data.fingerprint()`` when the caller has it already (it hashes every pixel or file path).
+    ``data.fingerprint()`` when the caller has it already (it hashes every pixel or file path). The key holds
+    the label-free encoders' every keyword, defaults filled in (:func:`resolved_encoder_kw`).
     """
+    kw = resolved_encoder_kw(enc_name, encoder_kw)
     feat_key = json.dumps([data.name, fingerprint or data.fingerprint(), len(data.train.targets),
-                           len(data.test.targets), enc_name, sorted(encoder_kw.items(), key=str), tasks, seed,
+                           len(data.test.targets), enc_name, sorted(kw.items(), key=str), tasks, seed,
                            init_seed], default=str)
     return Path(cache_dir) / f"features-{data.name}-{hashlib.sha256(feat_key.encode()).hexdigest()[:12]}.npz"
 
