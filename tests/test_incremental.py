@@ -201,15 +201,20 @@ def test_feature_cache_key_holds_the_encoders_defaults(tmp_path, monkeypatch):
     default changed is not read back as the new default's features."""
     from memret.encoders.kmeans import PatchKMeansEncoder
     from memret.incremental.features import resolved_encoder_kw
-    from memret.incremental.run import feature_cache_file
+    from memret.incremental.run import _run_id, feature_cache_file
 
     data = tiny_data()
 
     def key(kw, name="kmeans_patches"):
         return feature_cache_file(data, name, kw, 2, 1, 1, tmp_path, fingerprint="f")
 
-    before = key({"layers": 2})
+    def run_id(kw):   # what resume matches a checkpoint by
+        return _run_id("tiny", "f", 2, "kmeans_patches", kw, 20, None, "herding", 1, 1, FAST, False)
+
+    before, before_id = key({"layers": 2}), run_id({"layers": 2})
     assert before == key({"layers": 2, "l2_centroids": 1600, "n_centroids": 400})
+    assert before_id == run_id({"layers": 2, "l2_centroids": 1600}) != run_id({"layers": 2, "l2_centroids": 800})
+    assert key({}) == key({"l2_centroids": 800})    # one layer: layer 2's keywords change nothing
     assert before != key({"layers": 2, "l2_centroids": 800})
     assert key({}, "patch_dictionary") == key({"n_patches": 1024, "stride": 2}, "patch_dictionary")
     assert key({}, "patch_dictionary") != key({"n_patches": 2048}, "patch_dictionary")
@@ -218,6 +223,7 @@ def test_feature_cache_key_holds_the_encoders_defaults(tmp_path, monkeypatch):
     assert sum(a != b for a, b in zip(d, moved)) == 1
     monkeypatch.setattr(PatchKMeansEncoder.__init__, "__defaults__", moved)
     assert key({"layers": 2}) == key({"layers": 2, "l2_centroids": 800}) != before
+    assert run_id({"layers": 2}) == run_id({"layers": 2, "l2_centroids": 800}) != before_id
     assert resolved_encoder_kw("resnet8_cifar", {"width": 8}) == {"width": 8}   # others: as given
 
 

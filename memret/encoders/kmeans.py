@@ -16,13 +16,14 @@ channels, ``embed_dim = 2 * pool**2 * n_centroids``. The k-means itself is FAISS
 ``l2_cell`` x ``l2_cell`` cells (9 x 9 cells of a 27 x 27 map), its channels reduced by a whitened PCA to
 ``l2_rank``, then ``l2_patch`` x ``l2_patch`` patches of it are ZCA-whitened and soft-thresholded (``alpha``, both
 polarities) against a spherical k-means dictionary of ``l2_centroids`` (1,600 by default, chosen over 800 on a
-validation split: RESULTS.md 10.15), sum-pooled over the same ``pool`` grid and
-standardised. The output is layer 1's features then layer 2's, ``feature_blocks = (layer 1, 2 * pool**2 *
-l2_centroids)``: a head that treats the blocks apart (``memret.heads.BlockSLDA``, one LDA per block) gains
-where one over the concatenation does not (experiments/RESULTS.md, 10.13-10.14). Layer 2 is made inside layer 1's
-pass (the cell means of every translated view come from the one activation map ``forward_shifted`` pools) and
-costs ~0.7-0.9x layer 1 at 32 px (RESULTS.md 10.14). It is meant for small images: at 224 px layer 1's map has
-73 x 73 cells of 3, whose reduced maps for the 10,000 fit images alone are 14 GB.
+validation split: RESULTS.md 10.15), sum-pooled over the same ``pool`` grid and standardised. The output is layer
+1's features then layer 2's, ``feature_blocks = (layer 1, 2 * pool**2 * l2_centroids)``: a head that treats the
+blocks apart (``memret.heads.BlockSLDA``, one LDA per block) gains where one over the concatenation does not
+(experiments/RESULTS.md, 10.13-10.14). Layer 2 is made inside layer 1's pass (the cell means of every translated
+view come from the one activation map ``forward_shifted`` pools); with 800 centroids it cost ~0.7-0.9x layer 1 at
+32 px (RESULTS.md 10.14); a whole six-view ``run()`` on Split CIFAR-10 took 39-42 min with 1,600 against 31-32 with
+800 (10.15). It is meant for small images: at 224 px layer 1's map has 73 x 73 cells of 3, whose reduced maps for
+the 10,000 fit images alone are 14 GB.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ class PatchKMeansEncoder(nn.Module):
                  l2_patch: int = 3, l2_cell: int = 3, l2_eps_pca: float = 1e-2) -> None:
         hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
-        self.hparams = hparams  # every constructor argument, defaults filled in: what the features depend on
+        # what the features depend on (defaults filled in; layer 2's keywords only with layers=2): feature caches
+        # key on it (memret.incremental.features.resolved_encoder_kw)
+        self.hparams = {k: v for k, v in hparams.items() if layers == 2 or not k.startswith("l2_")}
         if encoding not in ("triangle", "soft"):
             raise ValueError(f"encoding must be 'triangle' or 'soft', got {encoding!r}")
         if int(pool) != pool or pool < 1:
@@ -279,7 +282,8 @@ class PatchKMeansEncoder(nn.Module):
         h, v = size or (rows, cols)
         # adaptive_avg_pool2d(., g)'s (overlapping) cells of an h x v window: [floor(i h / g), ceil((i + 1) h / g))
         g = pool or self.pool
-        cells = [(i * h // g, -(-(i + 1) * h // g), j * v // g, -(-(j + 1) * v // g)) for i in range(g) for j in range(g)]
+        cells = [(i * h // g, -(-(i + 1) * h // g), j * v // g, -(-(j + 1) * v // g))
+                 for i in range(g) for j in range(g)]
         out = w.new_empty(len(origins), B, C, len(cells))
         if cell:
             s2, t2 = h // cell, v // cell

@@ -46,9 +46,9 @@ class PatchDictionaryEncoder(nn.Module):
     def __init__(self, n_patches: int = 2048, patch: int = 6, in_chans: int = 3, k_fraction: float = 0.4,
                  whitening_reg: float = 1e-3, grid: int = 2, stride: int = 1, threshold: str = "moment",
                  batch: int = 32) -> None:
-        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__", "batch")}
         super().__init__()
-        self.hparams = hparams  # every constructor argument, defaults filled in
+        self.hparams = hparams  # what the features depend on, defaults filled in (batch only bounds memory)
         if threshold not in ("moment", "exact"):
             raise ValueError(f"threshold must be 'moment' or 'exact', got {threshold!r}")
         if not 0 < k_fraction < 1:

@@ -171,10 +171,8 @@ def run(
     enc_name = encoder if isinstance(encoder, str) else type(encoder).__name__
     # where the data came from, not just its name: two data sets called "tiny" never share features or runs
     fingerprint = data.fingerprint()
-    enc_kw_key = sorted(resolved_encoder_kw(encoder, encoder_kw).items(), key=str)  # defaults too: they change
-    key = json.dumps([data.name, fingerprint, tasks, enc_name, enc_kw_key, memory, per_class, policy, seed, init_seed,
-                      asdict(cfg)] + (["train_encoder"] if train_encoder else []), default=str)
-    run_id = hashlib.sha256(key.encode()).hexdigest()[:10]
+    run_id = _run_id(data.name, fingerprint, tasks, encoder, encoder_kw, memory, per_class, policy, seed, init_seed,
+                     cfg, train_encoder)
     out = Path(out or f"runs/{data.name}-{tasks}t-{run_id}")
     main = _is_main()
     if main:
@@ -226,6 +224,17 @@ def feature_cache_file(data: LabelledData, enc_name: str, encoder_kw: dict, task
                            len(data.test.targets), enc_name, sorted(kw.items(), key=str), tasks, seed,
                            init_seed], default=str)
     return Path(cache_dir) / f"features-{data.name}-{hashlib.sha256(feat_key.encode()).hexdigest()[:12]}.npz"
+
+
+def _run_id(name, fingerprint, tasks, encoder, encoder_kw, memory, per_class, policy, seed, init_seed, cfg,
+            train_encoder) -> str:
+    """What ``resume`` matches a checkpoint by. The label-free encoders' keywords enter with their defaults filled
+    in (:func:`resolved_encoder_kw`): after a default changes, a run is a new run."""
+    enc_name = encoder if isinstance(encoder, str) else type(encoder).__name__
+    enc_kw = sorted(resolved_encoder_kw(encoder, encoder_kw).items(), key=str)
+    key = json.dumps([name, fingerprint, tasks, enc_name, enc_kw, memory, per_class, policy, seed, init_seed,
+                      asdict(cfg)] + (["train_encoder"] if train_encoder else []), default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 def _is_main() -> bool:
