@@ -226,8 +226,8 @@ def test_imagenet1k_default_encoder_is_the_patch_dictionary_at_stride_4(tmp_path
     monkeypatch.setattr(E, "create", spy)
     res = run("imagenet1k", tasks=2, root=tmp_path / "imnet", method="icarl", out=tmp_path / "run", config=FAST,
               cache_dir=tmp_path, plot=False)
-    # every module built is that one: the encoder fitted, and the unfitted ones the cache and run keys read hparams of
-    assert built and all(b == ("patch_dictionary", {"stride": 4}) for b in built)
+    # that one encoder, three times: unfitted for the run id's and the feature cache's keys (hparams), then fitted
+    assert built == [("patch_dictionary", {"stride": 4})] * 3
     assert res.encoder == "patch_dictionary (frozen)" and res.memory == "20/class"
     (f,) = tmp_path.glob("features-imagenet1k-*.npz")
     assert np.load(f)["train"].shape == (16, 2 * 32 * 4)
