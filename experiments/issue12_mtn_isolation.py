@@ -71,13 +71,14 @@ def mtn_alone(m, X: np.ndarray) -> np.ndarray:
 
 
 def one_order(order: int, variants: list[str], cache_dir: str, root: str | None, dataset: str = "cifar10",
-              encoder_kw: dict | None = None, memory: int = 2000, encoder: str = "patch_dictionary") -> dict:
+              encoder_kw: dict | None = None, memory: int = 2000, encoder: str = "patch_dictionary",
+              mirror: bool = False, shift: int = 0) -> dict:
     import torch
 
     from memret import ExemplarBank
     from memret.incremental import TrainConfig, load_dataset, make_method, make_tasks
     from memret.incremental.analytic import holdout_rows
-    from memret.incremental.run import feature_cache_file
+    from memret.incremental.run import feature_cache_file, mean_views
 
     data = load_dataset(dataset, root)
     ytr, yte = np.asarray(data.train.targets), np.asarray(data.test.targets)
@@ -85,8 +86,11 @@ def one_order(order: int, variants: list[str], cache_dir: str, root: str | None,
     if not f.is_file():
         raise FileNotFoundError(f"{f}: run experiments/issue12_cifar10_table.py run --order {order} --encoder "
                                 f"{encoder} first")
-    F = np.load(f)["train"]
     stream = make_tasks(ytr, yte, 5, order)
+    if mirror or shift:  # the mean over the table run's cached views (write=False: a missing one is encoded)
+        F, _ = mean_views(data, encoder, encoder_kw or {}, stream[0], order, f, mirror, write=False, shift=shift)
+    else:
+        F = np.load(f)["train"]
     parts = []
     for t in stream:
         val = holdout_rows(t.train_rows, seed=1_000_003 + order, fraction=0.1)
@@ -128,7 +132,10 @@ def main() -> None:
     ap.add_argument("--encoder", default="patch_dictionary", help="the cached run's encoder")
     ap.add_argument("--encoder-kw", default="{}", help="its arguments, as JSON")
     ap.add_argument("--memory", type=int, default=2000)
+    ap.add_argument("--views", default="{}", help='the table run\'s views, as JSON: {"mirror_views": true, '
+                    '"shift_views": 2} reads the mean over its six cached views')
     a = ap.parse_args()
+    views = json.loads(a.views)
     path = Path(a.out) / "isolation.json"
     allres = json.loads(path.read_text()) if path.is_file() else {"orders": {}}
     for o in a.orders:
@@ -136,7 +143,7 @@ def main() -> None:
         todo = [v for v in a.variants if v not in done]
         for v in todo:  # one variant at a time, saved as it ends
             done.update(one_order(o, [v], a.cache_dir, a.root, a.dataset, json.loads(a.encoder_kw), a.memory,
-                                  a.encoder))
+                                  a.encoder, views.get("mirror_views", False), views.get("shift_views", 0)))
             allres["orders"][str(o)] = done
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(allres, indent=2))
