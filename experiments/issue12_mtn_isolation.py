@@ -17,10 +17,11 @@ validation rows of all 10 classes. Variants differ in one thing each:
   classifier alone and its transformer alone (``.clf_readout`` / ``.mtn_readout``, same weights);
 - ``ranpac`` vs ``mtn_ranpac`` (the MTN over the analytic head), ``mtn_ranpac_only``; the same for ``slda``
   (each trained ``mtn_<head>`` is also read out through its head alone and its transformer alone);
-- design probes: ``mtn_k20`` (20 neighbours), ``mtn_10ep`` / ``mtn_ranpac_10ep`` (run()'s 10 epochs); on ``mtn`` and on ``mtn_slda``
-  (``mtn_slda_*``): ``mtn_pc`` (the 2 nearest exemplars of each class in the memory instead of the 10 nearest of
-  the whole memory, ``mtn_retrieval="per_class"``), ``mtn_rank`` (a learnt embedding of each neighbour's rank,
-  ``mtn_rank``), ``mtn_mem`` (the transformer trained on the memory's contents only, ``mtn_train="memory"``).
+- design probes: ``mtn_k20`` (20 neighbours), ``mtn_10ep`` / ``mtn_ranpac_10ep`` (run()'s 10 epochs); on ``mtn``
+  and on ``mtn_slda`` (``mtn_slda_*``): ``mtn_pc`` (the 2 nearest exemplars of each class in the memory instead
+  of the 10 nearest of the whole memory, ``mtn_retrieval="per_class"``), ``mtn_rank`` (a learnt embedding of each
+  neighbour's rank, ``mtn_rank``), ``mtn_mem`` (the transformer trained on the memory's contents only,
+  ``mtn_train="memory"``).
 
 Writes ``<out>/isolation.json`` (per order and mean +- std over orders).
 """
