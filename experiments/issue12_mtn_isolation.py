@@ -74,7 +74,9 @@ def mtn_alone(m, X: np.ndarray) -> np.ndarray:
 
 def one_order(order: int, variants: list[str], cache_dir: str, root: str | None, dataset: str = "cifar10",
               encoder_kw: dict | None = None, memory: int = 2000, encoder: str = "patch_dictionary",
-              mirror: bool = False, shift: int = 0) -> dict:
+              mirror: bool = False, shift: int = 0, on_result=None) -> dict:
+    """Every variant of ``variants`` on class order ``order``, the features read once; ``on_result(name, res)``
+    is called as each variant ends (the caller saves it), and all of them come back."""
     import torch
 
     from memret import ExemplarBank
@@ -118,6 +120,8 @@ def one_order(order: int, variants: list[str], cache_dir: str, root: str | None,
             res["mtn_readout"] = _acc(mtn_alone(m, Xv), yv, m.seen)
             res["scale"] = float(m.scale.detach())
         out[name] = res
+        if on_result is not None:
+            on_result(name, res)
         print(f"order {order} {name}: " + "  ".join(f"{k} {100 * v:.2f}" if k != "seconds" and k != "scale"
                                                      else f"{k} {v:.1f}" for k, v in res.items()), flush=True)
     return out
@@ -137,18 +141,24 @@ def main() -> None:
     ap.add_argument("--views", default="{}", help='the table run\'s views, as JSON: {"mirror_views": true, '
                     '"shift_views": 2} reads the mean over its six cached views')
     a = ap.parse_args()
-    views = json.loads(a.views)
+    from memret.incremental import TrainConfig
+
+    views = TrainConfig(**json.loads(a.views))  # run()'s keywords: a misspelt one raises instead of being ignored
     path = Path(a.out) / "isolation.json"
     allres = json.loads(path.read_text()) if path.is_file() else {"orders": {}}
     for o in a.orders:
         done = allres["orders"].get(str(o), {})
         todo = [v for v in a.variants if v not in done]
-        for v in todo:  # one variant at a time, saved as it ends
-            done.update(one_order(o, [v], a.cache_dir, a.root, a.dataset, json.loads(a.encoder_kw), a.memory,
-                                  a.encoder, views.get("mirror_views", False), views.get("shift_views", 0)))
+
+        def save(name, res, o=o, done=done):  # each variant saved as it ends
+            done[name] = res
             allres["orders"][str(o)] = done
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(allres, indent=2))
+
+        if todo:
+            one_order(o, todo, a.cache_dir, a.root, a.dataset, json.loads(a.encoder_kw), a.memory, a.encoder,
+                      views.mirror_views, views.shift_views, on_result=save)
         allres["orders"][str(o)] = done
         summary = {}
         for v in VARIANTS:
